@@ -1,0 +1,148 @@
+"""trioflow: streaming pipelines for Trio, as nursery trees with backpressure end to end.
+
+    import trioflow as tf
+    total = await (tf.from_iterable(range(10)) | tf.map(lambda x: x * 2) | tf.reduce(
+        lambda a, x: a + x, 0)).run()
+"""
+
+from ._errors import (
+    DefinitionError as DefinitionError,
+)
+from ._errors import (
+    DefinitionTypeError as DefinitionTypeError,
+)
+from ._errors import (
+    DefinitionValueError as DefinitionValueError,
+)
+from ._errors import (
+    TrioflowError as TrioflowError,
+)
+from ._flow import Flow as Flow
+from ._flow import Pipeline as Pipeline
+from ._operators import (
+    batch as batch,
+)
+from ._operators import (
+    continuous as continuous,
+)
+from ._operators import (
+    filter as filter,
+)
+from ._operators import (
+    flat_map as flat_map,
+)
+from ._operators import (
+    from_async_iterable as from_async_iterable,
+)
+from ._operators import (
+    from_channel as from_channel,
+)
+from ._operators import (
+    from_iterable as from_iterable,
+)
+from ._operators import (
+    map as map,
+)
+from ._operators import (
+    on_demand as on_demand,
+)
+from ._operators import (
+    periodic as periodic,
+)
+from ._operators import (
+    persistent as persistent,
+)
+from ._operators import (
+    reduce as reduce,
+)
+from ._operators import (
+    scan as scan,
+)
+from ._operators import (
+    sink as sink,
+)
+from ._operators import (
+    skip as skip,
+)
+from ._operators import (
+    source as source,
+)
+from ._operators import (
+    take as take,
+)
+from ._operators import (
+    take_while as take_while,
+)
+from ._operators import (
+    tap as tap,
+)
+from ._operators import (
+    to_list as to_list,
+)
+from ._plan import Plan as Plan
+from ._plan import PlanNode as PlanNode
+from ._plan import PlanSegment as PlanSegment
+from ._runner import Emit as Emit
+from ._runner import ItemStream as ItemStream
+from ._runner import RunHandle as RunHandle
+from ._stage import Lifecycle as Lifecycle
+from ._stage import Sink as Sink
+from ._stage import Source as Source
+from ._stage import Stage as Stage
+from ._stats import (
+    EdgeStatistics as EdgeStatistics,
+)
+from ._stats import (
+    RunState as RunState,
+)
+from ._stats import (
+    RunStatistics as RunStatistics,
+)
+from ._stats import (
+    StageStatistics as StageStatistics,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DefinitionError",
+    "DefinitionTypeError",
+    "DefinitionValueError",
+    "EdgeStatistics",
+    "Emit",
+    "Flow",
+    "ItemStream",
+    "Lifecycle",
+    "Pipeline",
+    "Plan",
+    "PlanNode",
+    "PlanSegment",
+    "RunHandle",
+    "RunState",
+    "RunStatistics",
+    "Sink",
+    "Source",
+    "Stage",
+    "StageStatistics",
+    "TrioflowError",
+    "batch",
+    "continuous",
+    "filter",
+    "flat_map",
+    "from_async_iterable",
+    "from_channel",
+    "from_iterable",
+    "map",
+    "on_demand",
+    "periodic",
+    "persistent",
+    "reduce",
+    "scan",
+    "sink",
+    "skip",
+    "source",
+    "take",
+    "take_while",
+    "tap",
+    "to_list",
+]

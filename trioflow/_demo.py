@@ -1,0 +1,143 @@
+"""The demo pipeline behind ``python -m trioflow demo``: sensor readings into SQLite.
+
+A source produces newline-delimited JSON records (as a socket reader would), a fused
+chain parses and validates them, an async stage enriches them concurrently, a timed batch
+groups them, and a persistent worker owning one SQLite connection writes each batch in one
+transaction. It shows every lifecycle and prints the plan and the run's statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import _operators as tf
+from ._runner import Emit, RunHandle
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY,
+    sensor TEXT NOT NULL,
+    site TEXT NOT NULL,
+    value REAL NOT NULL
+)
+"""
+
+SITES = {f"s{i}": site for i, site in enumerate(["north", "south", "east", "west"] * 4)}
+
+
+def make_lines(count: int, seed: int) -> list[bytes]:
+    """Synthetic input: one JSON record per line, with about 1% malformed lines."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(count):
+        if rng.random() < 0.01:
+            lines.append(b'{"id": broken\n')
+        else:
+            rec = {"id": i, "sensor": f"s{rng.randrange(16)}", "value": round(rng.gauss(20, 5), 3)}
+            lines.append(json.dumps(rec).encode() + b"\n")
+    return lines
+
+
+def parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+async def enrich(rec: dict[str, Any]) -> dict[str, Any]:
+    await trio.sleep(0)  # stands for a lookup in a remote service
+    return {**rec, "site": SITES.get(rec["sensor"], "unknown")}
+
+
+@asynccontextmanager
+async def sqlite_writer(path: Path) -> AsyncIterator[sqlite3.Connection]:
+    """One connection, owned by one worker, used from worker threads one call at a time."""
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(path, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(SCHEMA)
+        conn.commit()
+        return conn
+
+    conn = await trio.to_thread.run_sync(connect)
+    try:
+        yield conn
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(conn.close)
+
+
+async def write_batch(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> int:
+    def write() -> int:
+        with conn:  # one transaction per batch; idempotent on the record id
+            conn.executemany(
+                "INSERT OR REPLACE INTO readings (id, sensor, site, value) VALUES (?, ?, ?, ?)",
+                [(r["id"], r["sensor"], r["site"], r["value"]) for r in rows],
+            )
+        return len(rows)
+
+    return await trio.to_thread.run_sync(write)
+
+
+async def run_demo(records: int, db: Path | None, seed: int = 1) -> int:
+    lines = make_lines(records, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = db if db is not None else Path(tmp) / "demo.sqlite3"
+
+        async def reader(emit: Emit[bytes], *, task_status: trio.TaskStatus[None]) -> None:
+            task_status.started()  # a socket reader would report once it is listening
+            for start in range(0, len(lines), 500):  # one "receive_some" carries many records
+                await emit.many(lines[start : start + 500])
+
+        pipeline = (
+            tf.source(reader, name="reader")
+            | tf.map(parse, name="parse")
+            | tf.filter(lambda r: r is not None and "sensor" in r, name="valid")
+            | tf.map(enrich, concurrency=8, name="enrich")
+            | tf.batch(1000, timeout=0.25, name="batch")
+            | tf.persistent(write_batch, resource=lambda: sqlite_writer(path), workers=1,
+                            name="sqlite")
+            | tf.reduce(lambda total, n: total + n, 0, name="count")
+        )
+        print(pipeline.plan())
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            handle: RunHandle[int] = await nursery.start(pipeline.run)
+            await handle.wait()
+        elapsed = time.perf_counter() - started
+        written = handle.result()
+        conn = sqlite3.connect(path)
+        try:
+            (stored,) = conn.execute("SELECT COUNT(*) FROM readings").fetchone()
+            by_site = conn.execute(
+                "SELECT site, COUNT(*), ROUND(AVG(value), 2) FROM readings GROUP BY site ORDER BY site"
+            ).fetchall()
+        finally:
+            conn.close()
+        stats = handle.statistics()
+        print(f"\n{records} lines in, {written} rows written, {stored} rows in {path.name}, "
+              f"{records / elapsed:,.0f} lines/s")
+        for site, n, avg in by_site:
+            print(f"  {site:<6} {n:>6} readings, mean {avg}")
+        print("\nstage statistics:")
+        for s in stats.stages:
+            print(f"  {s.name:<8} {s.lifecycle.value:<10} in {s.items_in:>6}  out {s.items_out:>6}"
+                  f"  errors {s.errors}")
+        for e in stats.edges:
+            print(f"  edge {e.name:<22} capacity {e.capacity:>4}  peak {e.peak:>4}")
+        if stored != written:
+            raise SystemExit(f"demo check failed: {written} written but {stored} stored")
+        return stored

@@ -1,0 +1,182 @@
+"""``Flow`` (a source and stages, open at the end) and ``Pipeline`` (a flow with a sink)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar, overload
+
+import attrs
+import trio
+
+from ._errors import DefinitionTypeError, DefinitionValueError
+from ._plan import Plan, plan
+from ._runner import ItemStream, RunHandle, Runner, run_to_completion
+from ._stage import DiscardSink, ListSink, Sink, Source, Stage, check_int
+
+T = TypeVar("T")
+U = TypeVar("U")
+R = TypeVar("R")
+
+#: Items per chunk when a stage takes what is waiting (tunable per run).
+DEFAULT_CHUNK_SIZE = 256
+#: Default capacity, in items, of an edge between two tasks.
+DEFAULT_BUFFER = 512
+
+
+def _check_run_args(chunk_size: int, buffer: int) -> None:
+    check_int("chunk_size", chunk_size, minimum=1)
+    check_int("buffer", buffer, minimum=1)
+
+
+def _check_names(specs: list[Any]) -> None:
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name is not None:
+            if spec.name in seen:
+                raise DefinitionValueError(
+                    f"name {spec.name!r} is used by two nodes of one flow; names must be unique"
+                )
+            seen.add(spec.name)
+
+
+@attrs.frozen(kw_only=True)
+class Flow(Generic[T]):
+    """A source followed by zero or more stages, emitting items of type ``T``.
+
+    Build one from a source and ``|``: ``from_iterable(xs) | map(f) | filter(p)``. A flow
+    is a frozen description and can be run any number of times (if its source can be
+    iterated again). End it with a sink (``| sink(fn)``, ``| to_list()``) to get a
+    ``Pipeline``, or run it directly:
+
+    * ``await flow.run()`` runs it to completion and drops the items;
+    * ``await flow.to_list()`` collects them;
+    * ``async with flow.open() as items:`` streams them to the caller.
+    """
+
+    source: Source[Any]
+    stages: tuple[Stage[Any, Any], ...] = ()
+
+    @overload
+    def __or__(self, other: Stage[T, U]) -> Flow[U]: ...
+    @overload
+    def __or__(self, other: Sink[T, R]) -> Pipeline[R]: ...
+    def __or__(self, other: Stage[T, U] | Sink[T, R]) -> Flow[U] | Pipeline[R]:
+        if isinstance(other, Stage):
+            _check_names([self.source, *self.stages, other])
+            return Flow(source=self.source, stages=(*self.stages, other))
+        if isinstance(other, Sink):
+            _check_names([self.source, *self.stages, other])
+            return Pipeline(flow=self, sink=other)
+        raise DefinitionTypeError(
+            f"a flow can be followed by a stage or a sink, got {other!r}"
+        )
+
+    def plan(self, *, chunk_size: int = DEFAULT_CHUNK_SIZE, buffer: int = DEFAULT_BUFFER) -> Plan:
+        """How a ``run`` of this flow would be laid out (which stages share a task)."""
+        _check_run_args(chunk_size, buffer)
+        return plan(self.source, self.stages, DiscardSink(), chunk_size=chunk_size, buffer=buffer)
+
+    async def run(
+        self,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        buffer: int = DEFAULT_BUFFER,
+        task_status: trio.TaskStatus[RunHandle[None]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the flow to completion, dropping its output.
+
+        ``handle = await nursery.start(flow.run)`` returns a ``RunHandle`` once every stage
+        is ready. Raises one ``ExceptionGroup`` of the stage errors if the run failed. On
+        cancellation every task of the run is cancelled and resources are closed.
+        """
+        _check_run_args(chunk_size, buffer)
+        p = plan(self.source, self.stages, DiscardSink(), chunk_size=chunk_size, buffer=buffer)
+        await run_to_completion(p, task_status)
+
+    async def to_list(
+        self, *, chunk_size: int = DEFAULT_CHUNK_SIZE, buffer: int = DEFAULT_BUFFER
+    ) -> list[T]:
+        """Run the flow and return every item it emitted, in order."""
+        return await (self | ListSink[T]()).run(chunk_size=chunk_size, buffer=buffer)
+
+    @asynccontextmanager
+    async def open(
+        self, *, chunk_size: int = DEFAULT_CHUNK_SIZE, buffer: int = DEFAULT_BUFFER
+    ) -> AsyncIterator[ItemStream[T]]:
+        """Run the flow in the background and stream its items to the caller.
+
+        ``async with flow.open() as items: async for x in items: ...``. The pipeline runs
+        in a nursery owned by the ``async with`` block (no async generator yields across a
+        cancel scope). Leaving the block early cancels the pipeline. A failure in the
+        pipeline cancels the block's body and is raised from the ``async with`` as one
+        ``ExceptionGroup``; an exception from the body propagates unchanged.
+        """
+        _check_run_args(chunk_size, buffer)
+        p = plan(self.source, self.stages, None, chunk_size=chunk_size, buffer=buffer,
+                 open_end=True)
+        runner = Runner(p)
+        edge = runner.output
+        assert edge is not None
+        body_exc: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                # a failure in the pipeline cancels the body too: it sees cancellation,
+                # never a clean end of stream
+                runner.also_cancel(nursery.cancel_scope)
+                await nursery.start(_run_tasks, runner)
+                try:
+                    yield ItemStream(edge, chunk_size)
+                except BaseException as exc:
+                    body_exc = exc
+                    raise
+                finally:
+                    edge.close_receive()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # the nursery wraps the body's exception; hand it back unwrapped
+            if body_exc is not None and not runner.errors:
+                rest = group.subgroup(lambda e: e is not body_exc and not isinstance(e, trio.Cancelled))
+                if rest is None:
+                    raise body_exc from None
+            raise
+        runner.raise_errors()
+
+
+async def _run_tasks(runner: Runner, *, task_status: trio.TaskStatus[None]) -> None:
+    await runner.run_tasks(task_status.started)
+
+
+@attrs.frozen(kw_only=True)
+class Pipeline(Generic[R]):
+    """A flow ended by a sink; ``await pipeline.run()`` returns the sink's result ``R``."""
+
+    flow: Flow[Any]
+    sink: Sink[Any, R]
+
+    def plan(self, *, chunk_size: int = DEFAULT_CHUNK_SIZE, buffer: int = DEFAULT_BUFFER) -> Plan:
+        """How a ``run`` of this pipeline would be laid out (which stages share a task)."""
+        _check_run_args(chunk_size, buffer)
+        return plan(self.flow.source, self.flow.stages, self.sink, chunk_size=chunk_size,
+                    buffer=buffer)
+
+    async def run(
+        self,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        buffer: int = DEFAULT_BUFFER,
+        task_status: trio.TaskStatus[RunHandle[R]] = trio.TASK_STATUS_IGNORED,
+    ) -> R:
+        """Run to completion and return the sink's result (``None`` for ``sink(fn)``,
+        the list for ``to_list()``, the accumulated value for ``reduce``).
+
+        ``handle = await nursery.start(pipeline.run)`` returns a ``RunHandle`` once every
+        stage is ready (persistent resources built, continuous sources listening). A
+        failure cancels the whole run and is raised as one ``ExceptionGroup`` whose
+        leaves are the original exceptions, each noting its stage and item. If the run is
+        cancelled through ``handle.cancel()``, ``run`` returns quietly with what the sink
+        had so far; an outside cancellation propagates as ``trio.Cancelled``.
+        """
+        p = self.plan(chunk_size=chunk_size, buffer=buffer)
+        result: R = await run_to_completion(p, task_status)
+        return result

@@ -1,0 +1,361 @@
+"""Fused inline operators: synchronous transforms of whole chunks.
+
+Adjacent synchronous stages run inside one task, one chunk at a time (DESIGN §4). Each op
+turns a list of items into a list of items with the tightest loop Python offers
+(``list.extend(map(...))`` keeps the loop in C), and keeps its own counters for
+``statistics()``. When user code raises, the op finds the failing item (``extend`` keeps
+what it produced before the failure, so the index of the culprit is the length of the
+output) and notes the stage and item on the exception before it propagates.
+
+The ops are pure state machines, no Trio: they are tested directly and by Hypothesis.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import annotate
+
+Chunk = list[Any]
+
+
+class Op:
+    """A fused, synchronous operator. ``done`` turns True when it wants no more input."""
+
+    __slots__ = ("done", "errors", "n_in", "n_out", "name", "operator")
+
+    def __init__(self, name: str, operator: str) -> None:
+        self.name = name
+        self.operator = operator
+        self.n_in = 0
+        self.n_out = 0
+        self.errors = 0
+        self.done = False
+
+    def process(self, chunk: Chunk) -> Chunk:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def flush(self) -> Chunk:
+        """Called once when the input ended cleanly; returns what the op still holds."""
+        return []
+
+    def _failed(self, exc: BaseException, item: object) -> None:
+        self.errors += 1
+        annotate(exc, self.name, item)
+
+
+class MapOp(Op):
+    __slots__ = ("fn",)
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name, "map")
+        self.fn = fn
+
+    def process(self, chunk: Chunk) -> Chunk:
+        out: Chunk = []
+        try:
+            out.extend(map(self.fn, chunk))
+        except Exception as exc:
+            self._failed(exc, chunk[len(out)])
+            raise
+        self.n_in += len(chunk)
+        self.n_out += len(out)
+        return out
+
+
+class FilterOp(Op):
+    __slots__ = ("fn",)
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name, "filter")
+        self.fn = fn
+
+    def process(self, chunk: Chunk) -> Chunk:
+        keep: list[Any] = []
+        try:
+            keep.extend(map(self.fn, chunk))
+        except Exception as exc:
+            self._failed(exc, chunk[len(keep)])
+            raise
+        out = list(itertools.compress(chunk, keep))
+        self.n_in += len(chunk)
+        self.n_out += len(out)
+        return out
+
+
+class FlatMapOp(Op):
+    __slots__ = ("fn",)
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name, "flat_map")
+        self.fn = fn
+
+    def process(self, chunk: Chunk) -> Chunk:
+        out: Chunk = []
+        extend = out.extend
+        fn = self.fn
+        x = None
+        try:
+            for x in chunk:
+                extend(fn(x))
+        except Exception as exc:
+            self._failed(exc, x)
+            raise
+        self.n_in += len(chunk)
+        self.n_out += len(out)
+        return out
+
+
+class TapOp(Op):
+    __slots__ = ("fn",)
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name, "tap")
+        self.fn = fn
+
+    def process(self, chunk: Chunk) -> Chunk:
+        done: list[Any] = []
+        try:
+            done.extend(map(self.fn, chunk))
+        except Exception as exc:
+            self._failed(exc, chunk[len(done)])
+            raise
+        self.n_in += len(chunk)
+        self.n_out += len(chunk)
+        return chunk
+
+
+class TakeOp(Op):
+    __slots__ = ("left",)
+
+    def __init__(self, name: str, count: int) -> None:
+        super().__init__(name, "take")
+        self.left = count
+        self.done = count == 0
+
+    def process(self, chunk: Chunk) -> Chunk:
+        self.n_in += len(chunk)
+        left = self.left
+        if len(chunk) >= left:
+            out = chunk[:left]
+            self.left = 0
+            self.done = True
+        else:
+            out = chunk
+            self.left = left - len(chunk)
+        self.n_out += len(out)
+        return out
+
+
+class SkipOp(Op):
+    __slots__ = ("left",)
+
+    def __init__(self, name: str, count: int) -> None:
+        super().__init__(name, "skip")
+        self.left = count
+
+    def process(self, chunk: Chunk) -> Chunk:
+        self.n_in += len(chunk)
+        left = self.left
+        if left:
+            if len(chunk) <= left:
+                self.left = left - len(chunk)
+                return []
+            chunk = chunk[left:]
+            self.left = 0
+        self.n_out += len(chunk)
+        return chunk
+
+
+class TakeWhileOp(Op):
+    __slots__ = ("fn",)
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name, "take_while")
+        self.fn = fn
+
+    def process(self, chunk: Chunk) -> Chunk:
+        if self.done:
+            return []
+        fn = self.fn
+        n = 0
+        x = None
+        try:
+            for x in chunk:
+                if not fn(x):
+                    self.done = True
+                    break
+                n += 1
+        except Exception as exc:
+            self._failed(exc, x)
+            raise
+        self.n_in += n + (1 if self.done else 0)
+        self.n_out += n
+        return chunk if n == len(chunk) else chunk[:n]
+
+
+class ScanOp(Op):
+    __slots__ = ("acc", "fn")
+
+    def __init__(self, name: str, fn: Callable[[Any, Any], Any], initial: Any) -> None:
+        super().__init__(name, "scan")
+        self.fn = fn
+        self.acc = initial
+
+    def process(self, chunk: Chunk) -> Chunk:
+        out: Chunk = []
+        append = out.append
+        fn = self.fn
+        acc = self.acc
+        x = None
+        try:
+            for x in chunk:
+                acc = fn(acc, x)
+                append(acc)
+        except Exception as exc:
+            self._failed(exc, x)
+            raise
+        finally:
+            self.acc = acc
+        self.n_in += len(chunk)
+        self.n_out += len(out)
+        return out
+
+
+class Batcher:
+    """Pure batching state: groups items into lists of at most ``size``, never empty."""
+
+    __slots__ = ("current", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.current: list[Any] = []
+
+    def add(self, chunk: Chunk) -> list[list[Any]]:
+        """Add items; return the batches that became full (in order)."""
+        size = self.size
+        cur = self.current
+        need = size - len(cur)
+        if len(chunk) < need:
+            cur.extend(chunk)
+            return []
+        cur.extend(chunk[:need])
+        full = [cur]
+        pos = need
+        n = len(chunk)
+        while n - pos >= size:
+            full.append(chunk[pos : pos + size])
+            pos += size
+        self.current = chunk[pos:]
+        return full
+
+    def take_partial(self) -> list[list[Any]]:
+        """Return the partial batch (if any) and start a new one."""
+        if not self.current:
+            return []
+        cur = self.current
+        self.current = []
+        return [cur]
+
+
+class BatchOp(Op):
+    __slots__ = ("batcher",)
+
+    def __init__(self, name: str, size: int) -> None:
+        super().__init__(name, "batch")
+        self.batcher = Batcher(size)
+
+    def process(self, chunk: Chunk) -> Chunk:
+        self.n_in += len(chunk)
+        out = self.batcher.add(chunk)
+        self.n_out += len(out)
+        return out
+
+    def flush(self) -> Chunk:
+        out = self.batcher.take_partial()
+        self.n_out += len(out)
+        return out
+
+
+# -- sink ops: the last op of a segment; they return nothing and hold the run's result ------
+
+
+class SinkOp(Op):
+    __slots__ = ()
+
+    def result(self) -> Any:
+        return None
+
+
+class CallSinkOp(SinkOp):
+    __slots__ = ("fn",)
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name, "sink")
+        self.fn = fn
+
+    def process(self, chunk: Chunk) -> Chunk:
+        done: list[Any] = []
+        try:
+            done.extend(map(self.fn, chunk))
+        except Exception as exc:
+            self._failed(exc, chunk[len(done)])
+            raise
+        self.n_in += len(chunk)
+        return []
+
+
+class DiscardOp(SinkOp):
+    __slots__ = ()
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, "discard")
+
+    def process(self, chunk: Chunk) -> Chunk:
+        self.n_in += len(chunk)
+        return []
+
+
+class ListSinkOp(SinkOp):
+    __slots__ = ("items",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, "to_list")
+        self.items: list[Any] = []
+
+    def process(self, chunk: Chunk) -> Chunk:
+        self.n_in += len(chunk)
+        self.items.extend(chunk)
+        return []
+
+    def result(self) -> Any:
+        return self.items
+
+
+class ReduceSinkOp(SinkOp):
+    __slots__ = ("acc", "fn")
+
+    def __init__(self, name: str, fn: Callable[[Any, Any], Any], initial: Any) -> None:
+        super().__init__(name, "reduce")
+        self.fn = fn
+        self.acc = initial
+
+    def process(self, chunk: Chunk) -> Chunk:
+        fn = self.fn
+        acc = self.acc
+        x = None
+        try:
+            for x in chunk:
+                acc = fn(acc, x)
+        except Exception as exc:
+            self._failed(exc, x)
+            raise
+        finally:
+            self.acc = acc
+        self.n_in += len(chunk)
+        return []
+
+    def result(self) -> Any:
+        return self.acc

@@ -1,0 +1,1029 @@
+"""Running: a plan becomes one nursery tree.
+
+Theory of operation.
+
+* One nursery per run. Each segment of the plan (a head plus the inline ops fused after it)
+  is one task; worker pools add a child nursery inside their segment's task. Edges are
+  bounded ``Edge`` queues of chunks.
+* Segments start from the sink back to the source, each through ``nursery.start``: a
+  segment reports started once its resources are built (persistent workers entered their
+  resource, continuous sources said they are listening). ``run`` reports started to its own
+  caller only when every segment has, so ``await nursery.start(flow.run)`` means ready.
+* Completion flows down: a head whose input ended (or whose source is exhausted) flushes
+  its fused ops and closes its output edge; the next segment then sees the end.
+* Early stop flows up: when an op wants no more input (``take``), or the output edge's
+  consumer has gone, the segment cancels its own scope (``Segment.scope``), so the head
+  and any user code under way unwind exactly as on cancellation; the segment then closes
+  its input edge, and the producer upstream stops the same way on its next ``put``.
+* Failure cancels the tree: every task runs under ``Runner.guarded``, which records a user
+  error (already annotated with stage and item) and cancels the run's nursery *before*
+  the task's ``finally`` closes its edges, so downstream sees cancellation, never a clean
+  end. Nothing takes a completion action after a failure: every completion path first
+  passes ``checkpoint_if_cancelled``. Recorded errors are raised once, as a single
+  ``ExceptionGroup`` level, after the nursery has exited; no error is swallowed by cleanup,
+  because edges close synchronously.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, Generic, TypeVar, final
+
+import trio
+from trio.lowlevel import checkpoint, checkpoint_if_cancelled
+
+from ._callables import CallKind
+from ._edge import DownstreamClosed, Edge
+from ._errors import annotate
+from ._ops import (
+    Batcher,
+    BatchOp,
+    CallSinkOp,
+    DiscardOp,
+    FilterOp,
+    FlatMapOp,
+    ListSinkOp,
+    MapOp,
+    Op,
+    ReduceSinkOp,
+    ScanOp,
+    SinkOp,
+    SkipOp,
+    TakeOp,
+    TakeWhileOp,
+    TapOp,
+)
+from ._plan import Plan, PlanNode, PlanSegment
+from ._stage import (
+    AsyncIterableSource,
+    BatchStage,
+    ChannelSource,
+    ContinuousStage,
+    DiscardSink,
+    FilterStage,
+    FlatMapStage,
+    FnSink,
+    IterableSource,
+    ListSink,
+    MapStage,
+    OnDemandStage,
+    PeriodicSource,
+    PersistentStage,
+    ReduceSink,
+    ScanStage,
+    SkipStage,
+    TakeStage,
+    TakeWhileStage,
+    TapStage,
+    TaskSource,
+)
+from ._stats import EdgeStatistics, RunState, RunStatistics, StageStatistics
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Bound on how long an async iterator's ``aclose`` may take when a run ends.
+_ACLOSE_TIMEOUT = 5.0
+
+
+class _Status:
+    """Forwards ``started()`` once, and remembers whether it was called."""
+
+    __slots__ = ("_inner", "called")
+
+    def __init__(self, inner: trio.TaskStatus[Any]) -> None:
+        self._inner = inner
+        self.called = False
+
+    def started(self, value: object = None) -> None:
+        if not self.called:
+            self.called = True
+            self._inner.started()
+
+
+# -- heads ------------------------------------------------------------------------------------
+
+
+class Head:
+    """The first node of a segment: it pulls input (or produces it) and calls ``emit``."""
+
+    operator = "head"
+
+    def __init__(self, node: PlanNode) -> None:
+        self.name = node.name
+        self.node = node
+        self.n_in = 0
+        self.n_out = 0
+        self.errors = 0
+        self.in_flight = 0
+        self.workers = 1
+        self.waiting = 0
+
+    async def run(self, seg: Segment, status: _Status) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def failed(self, exc: BaseException, item: object, *, has_item: bool = True) -> None:
+        self.errors += 1
+        annotate(exc, self.name, item, has_item=has_item)
+
+    def result(self) -> Any:
+        return None
+
+
+class IterableHead(Head):
+    def __init__(self, node: PlanNode, spec: IterableSource[Any]) -> None:
+        super().__init__(node)
+        self.iterable = spec.iterable
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        size = seg.chunk_size
+        islice = itertools.islice
+        emit = seg.emit
+        try:
+            it = iter(self.iterable)
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)
+            raise
+        while True:
+            try:
+                chunk = list(islice(it, size))
+            except Exception as exc:
+                self.failed(exc, None, has_item=False)
+                raise
+            if not chunk:
+                return
+            self.n_out += len(chunk)
+            await emit(chunk)
+            await checkpoint()
+
+
+class AsyncIterableHead(Head):
+    def __init__(self, node: PlanNode, spec: AsyncIterableSource[Any]) -> None:
+        super().__init__(node)
+        self.iterable = spec.iterable
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        try:
+            it = aiter(self.iterable)
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)
+            raise
+        try:
+            emit = seg.emit
+            n = 0
+            while True:
+                try:
+                    item = await anext(it)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    self.failed(exc, None, has_item=False)
+                    raise
+                self.n_out += 1
+                await emit([item])
+                n += 1
+                if n >= seg.chunk_size:  # an iterator that never blocks still checkpoints
+                    n = 0
+                    await checkpoint()
+        finally:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                with trio.move_on_after(_ACLOSE_TIMEOUT) as cs:
+                    cs.shield = True
+                    await aclose()
+
+
+class ChannelHead(Head):
+    def __init__(self, node: PlanNode, spec: ChannelSource[Any]) -> None:
+        super().__init__(node)
+        self.channel = spec.channel
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        channel = self.channel
+        nowait = getattr(channel, "receive_nowait", None)
+        try:
+            while True:
+                try:
+                    first = await channel.receive()
+                except trio.EndOfChannel:
+                    return
+                chunk = [first]
+                if nowait is not None:
+                    try:
+                        while len(chunk) < seg.chunk_size:
+                            chunk.append(nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        pass
+                self.n_out += len(chunk)
+                await seg.emit(chunk)
+        finally:
+            # the run owns the channel: closing it tells the producer nobody listens any more
+            close = getattr(channel, "close", None)
+            if close is not None:
+                close()
+            else:
+                with trio.move_on_after(_ACLOSE_TIMEOUT) as cs:
+                    cs.shield = True
+                    await channel.aclose()
+
+
+class PeriodicHead(Head):
+    def __init__(self, node: PlanNode, spec: PeriodicSource) -> None:
+        super().__init__(node)
+        self.interval = spec.interval
+        self.count = spec.count
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        interval = self.interval
+        start = trio.current_time()
+        k = 0
+        ticks = itertools.count() if self.count is None else range(self.count)
+        for tick in ticks:
+            target = start + k * interval
+            now = trio.current_time()
+            if now > target + interval:
+                # backpressure held us past a whole tick: restart timing, never burst
+                start, k, target = now, 0, now
+            await trio.sleep_until(target)
+            self.n_out += 1
+            await seg.emit([tick])
+            k += 1
+
+
+@final
+class Emit(Generic[T]):
+    """Hands items from user code (``trioflow.source``, ``trioflow.continuous``) to the
+    rest of the pipeline.
+
+    ``await emit(item)`` and ``await emit.many(items)`` return as soon as the items are
+    queued; they wait only while the next edge is full (backpressure). When the pipeline
+    downstream has stopped (``take`` was satisfied, the consumer left), the call raises
+    ``trio.Cancelled``: the caller unwinds as on any cancellation.
+    """
+
+    __slots__ = ("_head", "_n", "_seg")
+
+    def __init__(self, seg: Segment, head: Head) -> None:
+        self._seg = seg
+        self._head = head
+        self._n = 0
+
+    async def __call__(self, item: T) -> None:
+        self._head.n_out += 1
+        await self._seg.emit([item])
+        self._n += 1
+        if self._n >= self._seg.chunk_size:  # a producer that never blocks still checkpoints
+            self._n = 0
+            await checkpoint()
+
+    async def many(self, items: list[T] | tuple[T, ...]) -> None:
+        """Emit several items together (one edge operation for all of them)."""
+        chunk = list(items)
+        if chunk:
+            self._head.n_out += len(chunk)
+            await self._seg.emit(chunk)
+        await checkpoint()
+
+
+class TaskSourceHead(Head):
+    def __init__(self, node: PlanNode, spec: TaskSource[Any]) -> None:
+        super().__init__(node)
+        self.fn = spec.fn
+        self.wants_status = spec.wants_status
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        emit: Emit[Any] = Emit(seg, self)
+        try:
+            if self.wants_status:
+                await self.fn(emit, task_status=status)
+            else:
+                status.started()
+                await self.fn(emit)
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)
+            raise
+
+
+class _Items:
+    """The input of a ``continuous`` stage: an async iterator over the incoming items."""
+
+    def __init__(self, seg: Segment, head: Head) -> None:
+        self._seg = seg
+        self._head = head
+        self._buf: deque[Any] = deque()
+
+    def __aiter__(self) -> _Items:
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._buf:
+            assert self._seg.inp is not None
+            chunk = await self._seg.inp.receive(self._seg.chunk_size)
+            if chunk is None:
+                raise StopAsyncIteration
+            self._head.n_in += len(chunk)
+            self._buf.extend(chunk)
+        return self._buf.popleft()
+
+
+class ContinuousHead(Head):
+    def __init__(self, node: PlanNode, spec: ContinuousStage[Any, Any]) -> None:
+        super().__init__(node)
+        self.fn = spec.fn
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        try:
+            await self.fn(_Items(seg, self), Emit(seg, self))
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)
+            raise
+
+
+class AsyncEachHead(Head):
+    """One async call per item, in order, in the segment's task (concurrency 1)."""
+
+    def __init__(self, node: PlanNode, spec: Any) -> None:
+        super().__init__(node)
+        self.spec = spec
+        self.fn: Callable[..., Any] = spec.fn
+        self.acc: Any = getattr(spec, "initial", None)
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        assert seg.inp is not None
+        inp = seg.inp
+        size = seg.chunk_size
+        step = self._step_for(seg)
+        while True:
+            chunk = await inp.receive(size)
+            if chunk is None:
+                return
+            self.n_in += len(chunk)
+            for item in chunk:
+                self.in_flight = 1
+                try:
+                    await step(item)
+                except Exception as exc:
+                    self.failed(exc, item)
+                    raise
+                finally:
+                    self.in_flight = 0
+
+    def _step_for(self, seg: Segment) -> Callable[[Any], Awaitable[None]]:
+        spec = self.spec
+        fn = self.fn
+        emit = seg.emit
+
+        if isinstance(spec, MapStage):
+            async def step(item: Any) -> None:
+                r = await fn(item)
+                self.n_out += 1
+                await emit([r])
+        elif isinstance(spec, FilterStage):
+            async def step(item: Any) -> None:
+                if await fn(item):
+                    self.n_out += 1
+                    await emit([item])
+        elif isinstance(spec, TapStage):
+            async def step(item: Any) -> None:
+                await fn(item)
+                self.n_out += 1
+                await emit([item])
+        elif isinstance(spec, TakeWhileStage):
+            async def step(item: Any) -> None:
+                if not await fn(item):
+                    await seg.stop_here(-1)
+                self.n_out += 1
+                await emit([item])
+        elif isinstance(spec, ScanStage):
+            async def step(item: Any) -> None:
+                self.acc = await fn(self.acc, item)
+                self.n_out += 1
+                await emit([self.acc])
+        elif isinstance(spec, FlatMapStage) and spec.kind is CallKind.ASYNC_GEN:
+            async def step(item: Any) -> None:
+                async with aclosing(fn(item)) as agen:
+                    async for out in agen:
+                        self.n_out += 1
+                        await emit([out])
+        elif isinstance(spec, FlatMapStage):
+            async def step(item: Any) -> None:
+                outs = list(await fn(item))
+                if outs:
+                    self.n_out += len(outs)
+                    await emit(outs)
+        elif isinstance(spec, FnSink):
+            async def step(item: Any) -> None:
+                await fn(item)
+        elif isinstance(spec, ReduceSink):
+            async def step(item: Any) -> None:
+                self.acc = await fn(self.acc, item)
+        else:  # pragma: no cover - the planner only routes the kinds above here
+            raise AssertionError(f"no async head for {spec!r}")
+        return step
+
+    def result(self) -> Any:
+        return self.acc if isinstance(self.spec, ReduceSink) else None
+
+
+class BatchTimerHead(Head):
+    """``batch(size, timeout=...)``: the timer starts at the first item of each batch."""
+
+    def __init__(self, node: PlanNode, spec: BatchStage[Any]) -> None:
+        super().__init__(node)
+        self.size = spec.size
+        assert spec.timeout is not None
+        self.timeout = spec.timeout
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        assert seg.inp is not None
+        inp = seg.inp
+        batcher = Batcher(self.size)
+        deadline = math.inf
+        while True:
+            received = False
+            chunk: list[Any] | None = None
+            with trio.move_on_at(deadline):
+                chunk = await inp.receive(seg.chunk_size)
+                received = True
+            if not received:  # the oldest item of the partial batch waited `timeout`
+                partial = batcher.take_partial()
+                deadline = math.inf
+                if partial:
+                    self.n_out += 1
+                    await seg.emit(partial)
+                continue
+            if chunk is None:
+                break
+            now = trio.current_time()
+            self.n_in += len(chunk)
+            was_empty = not batcher.current
+            full = batcher.add(chunk)
+            if full:
+                self.n_out += len(full)
+                await seg.emit(full)
+            if not batcher.current:
+                deadline = math.inf
+            elif was_empty or full:
+                deadline = now + self.timeout
+        await checkpoint_if_cancelled()  # a failed run is cancelled, not completed
+        partial = batcher.take_partial()
+        if partial:
+            self.n_out += 1
+            await seg.emit(partial)
+
+
+class PoolHead(Head):
+    """Concurrent calls: ``map(concurrency=N)``, ``persistent`` and ``on_demand``.
+
+    The segment's task feeds items to N workers (or spawns a task per item for
+    on-demand). At most ``limit`` items are between admission and hand-off:
+    in ordered mode ``limit`` is the reorder window (in-flight calls are limited to N
+    separately, finished results wait in the reorder buffer for their turn); unordered,
+    ``limit`` is 2·N so a worker finds its next item ready. A worker hands its result on
+    itself, without yielding when the next edge has room, and takes the next item at once.
+    """
+
+    def __init__(self, node: PlanNode, spec: Any) -> None:
+        super().__init__(node)
+        self.spec = spec
+        self.resource: Callable[[], Any] | None = None
+        self.factory: Callable[[], Any] | None = None
+        if isinstance(spec, MapStage):
+            self.workers = spec.concurrency
+            self.fn: Callable[..., Any] = spec.fn
+        elif isinstance(spec, PersistentStage):
+            self.workers = spec.workers
+            self.fn = spec.fn
+            self.resource = spec.resource
+        else:
+            assert isinstance(spec, OnDemandStage)
+            self.workers = spec.limit
+            self.factory = spec.factory
+            self.fn = spec.factory
+        self.ordered: bool = spec.ordered
+        n = self.workers
+        self.limit = (spec.window or 2 * n) if self.ordered else 2 * n
+        self._queue: deque[tuple[int, Any]] = deque()
+        self._work = trio.lowlevel.ParkingLot()
+        self._space = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._pending = 0
+        self._running = 0
+        self._seq = 0
+        self._next = 0
+        self._results: dict[int, Any] = {}
+        self._emitting = False
+        self._seg: Segment | None = None
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        self._seg = seg
+        runner = seg.runner
+        async with trio.open_nursery() as nursery:
+            if self.factory is None:
+                for _ in range(self.workers):
+                    await nursery.start(runner.guarded, self._worker)
+            status.started()
+            await self._feed(seg, nursery)
+            self._closed = True
+            self._work.unpark_all()
+
+    async def _feed(self, seg: Segment, nursery: trio.Nursery) -> None:
+        assert seg.inp is not None
+        inp = seg.inp
+        spawn = self.factory is not None
+        limit = self.limit
+        n = self.workers
+        while True:
+            chunk = await inp.receive(seg.chunk_size)
+            if chunk is None:
+                return
+            self.n_in += len(chunk)
+            for item in chunk:
+                while self._pending >= limit or (spawn and self._running >= n):
+                    await self._space.park()
+                seq = self._seq
+                self._seq = seq + 1
+                self._pending += 1
+                if spawn:
+                    self._running += 1
+                    nursery.start_soon(seg.runner.guarded, self._one, seq, item)
+                else:
+                    self._queue.append((seq, item))
+                    self._work.unpark()
+
+    async def _worker(self, task_status: _Status) -> None:
+        if self.resource is None:
+            task_status.started()
+            await self._work_loop(None)
+            return
+        try:
+            cm = self.resource()
+            res = await cm.__aenter__()
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)
+            exc.add_note(f"trioflow: while building the resource of a worker of {self.name!r}")
+            raise
+        try:
+            task_status.started()
+            await self._work_loop(res)
+        except BaseException as exc:
+            # resources are closed on every exit path, shielded so cancellation cannot
+            # interrupt the close; the original error is what propagates
+            with trio.CancelScope(shield=True):
+                await cm.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        else:
+            with trio.CancelScope(shield=True):
+                await cm.__aexit__(None, None, None)
+
+    async def _work_loop(self, res: Any) -> None:
+        queue = self._queue
+        fn = self.fn
+        with_resource = self.resource is not None
+        while True:
+            if not queue:
+                if self._closed:
+                    return
+                await self._work.park()
+                continue
+            seq, item = queue.popleft()
+            self.in_flight += 1
+            try:
+                r = await (fn(res, item) if with_resource else fn(item))
+            except Exception as exc:
+                self.failed(exc, item)
+                raise
+            finally:
+                self.in_flight -= 1
+            await self._deposit(seq, r)
+
+    async def _one(self, seq: int, item: Any, task_status: _Status) -> None:
+        assert self.factory is not None
+        self.in_flight += 1
+        try:
+            try:
+                instance = self.factory()
+                if hasattr(instance, "__aenter__"):
+                    async with instance as entered:
+                        r = await _call_any(entered, item)
+                else:
+                    r = await _call_any(instance, item)
+            except Exception as exc:
+                self.failed(exc, item)
+                raise
+        finally:
+            self.in_flight -= 1
+            self._running -= 1
+            self._space.unpark()
+        await self._deposit(seq, r)
+
+    async def _deposit(self, seq: int, result: Any) -> None:
+        seg = self._seg
+        assert seg is not None
+        if not self.ordered:
+            self.n_out += 1
+            try:
+                await seg.emit([result])
+            finally:
+                self._pending -= 1
+                self._space.unpark()
+            return
+        results = self._results
+        results[seq] = result
+        self.waiting = len(results)
+        if self._emitting:
+            return
+        self._emitting = True
+        try:
+            while self._next in results:
+                batch = []
+                nxt = self._next
+                while nxt in results:
+                    batch.append(results.pop(nxt))
+                    nxt += 1
+                self._next = nxt
+                self.waiting = len(results)
+                self._pending -= len(batch)
+                self._space.unpark()
+                self.n_out += len(batch)
+                await seg.emit(batch)
+        finally:
+            self._emitting = False
+
+
+async def _call_any(target: Any, item: Any) -> Any:
+    result = target(item)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+# -- segments ---------------------------------------------------------------------------------
+
+
+@final
+class Segment:
+    """A head plus the inline ops fused after it, run as one task."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        plan: PlanSegment,
+        head: Head,
+        ops: list[Op],
+        inp: Edge | None,
+        out: Edge | None,
+        chunk_size: int,
+    ) -> None:
+        self.runner = runner
+        self.plan = plan
+        self.head = head
+        self.ops = tuple(ops)
+        self.inp = inp
+        self.out = out
+        self.chunk_size = chunk_size
+        self.scope = trio.CancelScope()
+        #: index of the op that asked to stop (-1: the head itself); None while running
+        self.stopped_at: int | None = None
+        self.downstream_gone = False
+        for i, op in enumerate(self.ops):
+            if op.done:
+                self.stopped_at = i
+
+    async def emit(self, items: list[Any]) -> None:
+        """Pass items through the fused ops and queue the result on the output edge."""
+        stop = -2
+        for i, op in enumerate(self.ops):
+            items = op.process(items)
+            if op.done:
+                stop = i
+            if not items:
+                break
+        if items and self.out is not None:
+            try:
+                await self.out.put(items)
+            except DownstreamClosed:
+                self.downstream_gone = True
+                self.scope.cancel()
+                await checkpoint()
+        if stop != -2:
+            await self.stop_here(stop)
+
+    async def stop_here(self, index: int) -> None:
+        """Node ``index`` (an op, or -1 for the head) wants no more input: unwind the head
+        as a cancellation, then finish the nodes after ``index``."""
+        if self.stopped_at is None or index > self.stopped_at:
+            self.stopped_at = index
+        self.scope.cancel()
+        await checkpoint()
+
+    async def run(self, task_status: _Status) -> None:
+        try:
+            with self.scope:
+                if self.stopped_at is None:
+                    await self.head.run(self, task_status)
+            task_status.started()
+            if self.downstream_gone:
+                return
+            if self.stopped_at is not None and self.inp is not None:
+                self.inp.close_receive()  # early stop travels upstream
+            await checkpoint_if_cancelled()  # a failed run is cancelled, not completed
+            start = 0 if self.stopped_at is None else self.stopped_at + 1
+            await self._flush(start)
+        finally:
+            if self.inp is not None:
+                self.inp.close_receive()
+            if self.out is not None:
+                self.out.close_send()
+
+    async def _flush(self, start: int) -> None:
+        ops = self.ops
+        for i in range(start, len(ops)):
+            items = ops[i].flush()
+            for op in ops[i + 1 :]:
+                if not items:
+                    break
+                items = op.process(items)
+            if items and self.out is not None:
+                try:
+                    await self.out.put(items)
+                except DownstreamClosed:
+                    return
+
+    def sink_result(self) -> Any:
+        if self.ops and isinstance(self.ops[-1], SinkOp):
+            return self.ops[-1].result()
+        return self.head.result()
+
+
+# -- building ---------------------------------------------------------------------------------
+
+
+def _make_op(node: PlanNode) -> Op:
+    spec = node.spec
+    name = node.name
+    if isinstance(spec, MapStage):
+        return MapOp(name, spec.fn)
+    if isinstance(spec, FilterStage):
+        return FilterOp(name, spec.fn)
+    if isinstance(spec, FlatMapStage):
+        return FlatMapOp(name, spec.fn)
+    if isinstance(spec, TapStage):
+        return TapOp(name, spec.fn)
+    if isinstance(spec, TakeWhileStage):
+        return TakeWhileOp(name, spec.fn)
+    if isinstance(spec, ScanStage):
+        return ScanOp(name, spec.fn, spec.initial)
+    if isinstance(spec, TakeStage):
+        return TakeOp(name, spec.count)
+    if isinstance(spec, SkipStage):
+        return SkipOp(name, spec.count)
+    if isinstance(spec, BatchStage):
+        return BatchOp(name, spec.size)
+    if isinstance(spec, FnSink):
+        return CallSinkOp(name, spec.fn)
+    if isinstance(spec, ListSink):
+        return ListSinkOp(name)
+    if isinstance(spec, ReduceSink):
+        return ReduceSinkOp(name, spec.fn, spec.initial)
+    if isinstance(spec, DiscardSink):
+        return DiscardOp(name)
+    raise AssertionError(f"no inline op for {spec!r}")  # pragma: no cover
+
+
+def _make_head(node: PlanNode) -> Head:
+    spec = node.spec
+    if isinstance(spec, IterableSource):
+        return IterableHead(node, spec)
+    if isinstance(spec, AsyncIterableSource):
+        return AsyncIterableHead(node, spec)
+    if isinstance(spec, ChannelSource):
+        return ChannelHead(node, spec)
+    if isinstance(spec, PeriodicSource):
+        return PeriodicHead(node, spec)
+    if isinstance(spec, TaskSource):
+        return TaskSourceHead(node, spec)
+    if isinstance(spec, ContinuousStage):
+        return ContinuousHead(node, spec)
+    if isinstance(spec, BatchStage):
+        return BatchTimerHead(node, spec)
+    if isinstance(spec, MapStage) and spec.concurrency > 1:
+        return PoolHead(node, spec)
+    if isinstance(spec, PersistentStage | OnDemandStage):
+        return PoolHead(node, spec)
+    return AsyncEachHead(node, spec)
+
+
+@final
+class Runner:
+    """The live state of one run. Built by ``Flow.run``/``Pipeline.run``/``Flow.open``."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.errors: list[Exception] = []
+        self.state = RunState.STARTING
+        self._scope: trio.CancelScope | None = None
+        self._cancel_requested = False
+        self._linked: list[trio.CancelScope] = []
+        self._finished = trio.Event()
+        self.edges: list[Edge] = []
+        self.segments: list[Segment] = []
+        prev_out: Edge | None = None
+        for i, seg_plan in enumerate(plan.segments):
+            nxt = plan.segments[i + 1] if i + 1 < len(plan.segments) else None
+            out: Edge | None = None
+            if nxt is not None:
+                assert nxt.input_capacity is not None
+                out = Edge(f"{seg_plan.nodes[-1].name} -> {nxt.head.name}", nxt.input_capacity)
+            elif plan.open_end:
+                out = Edge(f"{seg_plan.nodes[-1].name} -> caller", plan.chunk_size * 2)
+            if out is not None:
+                self.edges.append(out)
+            head = _make_head(seg_plan.head)
+            ops = [_make_op(n) for n in seg_plan.nodes[1:]]
+            self.segments.append(
+                Segment(self, seg_plan, head, ops, prev_out, out, plan.chunk_size)
+            )
+            prev_out = out
+
+    @property
+    def output(self) -> Edge | None:
+        return self.segments[-1].out if self.plan.open_end else None
+
+    def also_cancel(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` as well when the run fails (used by ``Flow.open``)."""
+        self._linked.append(scope)
+
+    def fail(self, exc: Exception) -> None:
+        """Record a failure and cancel the whole run (fail-fast)."""
+        self.errors.append(exc)
+        if self._scope is not None:
+            self._scope.cancel()
+        for scope in self._linked:
+            scope.cancel()
+
+    def cancel(self) -> None:
+        self._cancel_requested = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def guarded(
+        self, fn: Callable[..., Awaitable[None]], *args: Any,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run a task of this run: user errors are recorded and cancel the run."""
+        status = task_status if isinstance(task_status, _Status) else _Status(task_status)
+        try:
+            await fn(*args, task_status=status)
+        except Exception as exc:
+            self.fail(exc)
+        finally:
+            status.started()
+
+    async def run_tasks(self, on_ready: Callable[[], None]) -> None:
+        """Run every segment in one nursery; call ``on_ready`` when all are ready (not if
+        the run failed while starting). Does not raise recorded errors: ``raise_errors``
+        does, after the nursery is gone."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                if self._cancel_requested:
+                    nursery.cancel_scope.cancel()
+                for seg in reversed(self.segments):
+                    await nursery.start(self.guarded, seg.run)
+                if not self.errors:
+                    self.state = RunState.RUNNING
+                    on_ready()
+        finally:
+            if self.errors:
+                self.state = RunState.FAILED
+            elif self._cancel_requested or (self._scope is not None and self._scope.cancel_called):
+                self.state = RunState.CANCELLED
+            else:
+                self.state = RunState.COMPLETED
+            self._finished.set()
+
+    def raise_errors(self) -> None:
+        if self.errors:
+            raise ExceptionGroup(
+                f"trioflow run failed with {len(self.errors)} error(s)", self.errors
+            )
+
+    def result(self) -> Any:
+        return self.segments[-1].sink_result()
+
+    async def wait_finished(self) -> RunState:
+        await self._finished.wait()
+        return self.state
+
+    def statistics(self) -> RunStatistics:
+        stages: list[StageStatistics] = []
+        for seg in self.segments:
+            h = seg.head
+            stages.append(StageStatistics(
+                name=h.name, operator=h.node.operator, lifecycle=h.node.lifecycle,
+                segment=seg.plan.index, items_in=h.n_in, items_out=h.n_out, errors=h.errors,
+                in_flight=h.in_flight, workers=h.workers, waiting=h.waiting,
+            ))
+            for node, op in zip(seg.plan.nodes[1:], seg.ops, strict=True):
+                stages.append(StageStatistics(
+                    name=op.name, operator=node.operator, lifecycle=node.lifecycle,
+                    segment=seg.plan.index, items_in=op.n_in, items_out=op.n_out,
+                    errors=op.errors, in_flight=0, workers=1, waiting=0,
+                ))
+        edges = tuple(
+            EdgeStatistics(name=e.name, capacity=e.capacity, depth=e.items, peak=e.peak,
+                           total=e.total)
+            for e in self.edges
+        )
+        return RunStatistics(state=self.state, stages=tuple(stages), edges=edges)
+
+
+@final
+class RunHandle(Generic[R]):
+    """A live run, as returned by ``await nursery.start(flow.run)``.
+
+    ``statistics()`` reads a snapshot, ``cancel()`` aborts the run (``run`` then returns
+    quietly), ``await wait()`` waits for the end and returns the final state, and
+    ``result()`` gives the sink's result of a completed run.
+    """
+
+    __slots__ = ("_runner",)
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    def statistics(self) -> RunStatistics:
+        """A frozen snapshot of every stage's counters and every edge's depth."""
+        return self._runner.statistics()
+
+    def cancel(self) -> None:
+        """Abort the run now: every task is cancelled; ``run`` returns without raising."""
+        self._runner.cancel()
+
+    @property
+    def state(self) -> RunState:
+        return self._runner.state
+
+    async def wait(self) -> RunState:
+        """Wait until the run has ended (completed, failed or cancelled) and return how.
+        Cancelling the waiter does not affect the run."""
+        return await self._runner.wait_finished()
+
+    def result(self) -> R:
+        """The sink's result of a completed run; ``RuntimeError`` if it did not complete."""
+        if self._runner.state is not RunState.COMPLETED:
+            raise RuntimeError(f"the run has no result: it is {self._runner.state.value}")
+        return self._runner.result()  # type: ignore[no-any-return]
+
+
+async def run_to_completion(plan: Plan, task_status: trio.TaskStatus[Any]) -> Any:
+    runner = Runner(plan)
+    handle: RunHandle[Any] = RunHandle(runner)
+
+    await runner.run_tasks(lambda: task_status.started(handle))
+    runner.raise_errors()
+    return runner.result()
+
+
+class ItemStream(Generic[T]):
+    """The output of ``Flow.open()``: ``async for item in stream`` or ``await stream.receive()``.
+
+    Items arrive in chunks; iterating a chunk that is already here does not yield to the
+    scheduler, so a loop body that never awaits runs at most one chunk between checkpoints.
+    """
+
+    def __init__(self, edge: Edge, chunk_size: int) -> None:
+        self._edge = edge
+        self._chunk_size = chunk_size
+        self._buf: deque[T] = deque()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> T:
+        """The next item; ``trio.EndOfChannel`` when the flow completed."""
+        if not self._buf:
+            chunk = await self._edge.receive(self._chunk_size)
+            if chunk is None:
+                raise trio.EndOfChannel
+            self._buf.extend(chunk)
+        return self._buf.popleft()

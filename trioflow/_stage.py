@@ -1,0 +1,493 @@
+"""Definition layer: frozen, validated specs for sources, stages and sinks.
+
+Nothing here runs: a spec only records *what* to do and is checked when it is built, so a
+bad argument fails before any task starts. The planner (``_plan``) decides how specs are
+grouped into tasks, and the runner (``_runner``) gives them life.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import AsyncIterable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar, Generic, TypeVar
+
+import attrs
+import trio
+
+from ._callables import CallKind, classify
+from ._errors import DefinitionTypeError, DefinitionValueError
+
+In = TypeVar("In", contravariant=True)
+Out = TypeVar("Out", covariant=True)
+T = TypeVar("T")
+R = TypeVar("R", covariant=True)
+
+
+class Lifecycle(enum.Enum):
+    """How the tasks of a stage are spawned (DESIGN §2)."""
+
+    #: One task for the whole run; it may keep state and may produce without input.
+    #: Fused inline stages live in the continuous task of their segment.
+    CONTINUOUS = "continuous"
+    #: N worker tasks started with the run; each builds its resource once and reuses it.
+    PERSISTENT = "persistent"
+    #: A fresh task and a fresh stage instance per item, bounded by a limit.
+    ON_DEMAND = "on_demand"
+
+
+# -- validation helpers: every message names the argument and the value -------------------
+
+
+def check_int(argument: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DefinitionTypeError(f"{argument} must be an int, got {value!r}")
+    if value < minimum:
+        raise DefinitionValueError(f"{argument} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def check_optional_int(argument: str, value: object, *, minimum: int) -> int | None:
+    return None if value is None else check_int(argument, value, minimum=minimum)
+
+
+def check_seconds(argument: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DefinitionTypeError(f"{argument} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        raise DefinitionValueError(f"{argument} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_bool(argument: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise DefinitionTypeError(f"{argument} must be True or False, got {value!r}")
+    return value
+
+
+def check_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DefinitionTypeError(f"name must be a str, got {value!r}")
+    if not value or value.strip() != value:
+        raise DefinitionValueError(f"name must be non-empty without surrounding spaces, got {value!r}")
+    return value
+
+
+def check_window(window: int | None, concurrency: int) -> int | None:
+    if window is None:
+        return None
+    check_int("window", window, minimum=1)
+    if window < concurrency:
+        raise DefinitionValueError(
+            f"window must be >= concurrency ({concurrency}), got {window!r}"
+        )
+    return window
+
+
+# -- bases ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Stage(Generic[In, Out]):
+    """A step between a source and a sink: consumes items of type ``In``, emits ``Out``.
+
+    Build stages with the operator functions (``trioflow.map``, ``trioflow.batch`` ...) and
+    chain them onto a flow with ``|``. A stage is a frozen description; it can be reused in
+    any number of flows and runs.
+    """
+
+    name: str | None = None
+    #: Capacity, in items, of the edge that feeds this stage when the planner puts one there.
+    buffer: int | None = None
+
+    operator: ClassVar[str] = "stage"
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """How this stage's tasks are spawned."""
+        return Lifecycle.CONTINUOUS
+
+    @property
+    def inline(self) -> bool:
+        """Whether the stage is synchronous and can be fused into its neighbour's task."""
+        return False
+
+    def __attrs_post_init__(self) -> None:
+        check_name(self.name)
+        check_optional_int("buffer", self.buffer, minimum=1)
+
+
+@attrs.frozen(kw_only=True)
+class Sink(Generic[In, R]):
+    """The end of a pipeline: consumes items of type ``In``; the run returns an ``R``."""
+
+    name: str | None = None
+    buffer: int | None = None
+
+    operator: ClassVar[str] = "sink"
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle.CONTINUOUS
+
+    @property
+    def inline(self) -> bool:
+        return False
+
+    def __attrs_post_init__(self) -> None:
+        check_name(self.name)
+        check_optional_int("buffer", self.buffer, minimum=1)
+
+
+@attrs.frozen(kw_only=True)
+class Source(Generic[T]):
+    """Where items come from. Sources start a flow (``trioflow.from_iterable`` ...)."""
+
+    name: str | None = None
+
+    operator: ClassVar[str] = "source"
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle.CONTINUOUS
+
+    def __attrs_post_init__(self) -> None:
+        check_name(self.name)
+
+
+# -- user callables ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class FnStage(Stage[In, Out]):
+    """A stage around one user callable, classified once at definition time."""
+
+    fn: Callable[..., Any]
+    kind: CallKind = attrs.field(default=CallKind.SYNC)
+
+    allowed_kinds: ClassVar[frozenset[CallKind]] = frozenset({CallKind.SYNC, CallKind.ASYNC})
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        kind = classify(self.fn, "fn")
+        if kind not in self.allowed_kinds:
+            raise DefinitionTypeError(
+                f"fn of {self.operator} must be a plain or async function, got a {kind.value} "
+                f"function {self.fn!r}"
+            )
+        object.__setattr__(self, "kind", kind)
+
+    @property
+    def inline(self) -> bool:
+        return self.kind in (CallKind.SYNC, CallKind.SYNC_GEN)
+
+
+@attrs.frozen(kw_only=True)
+class MapStage(FnStage[In, Out]):
+    concurrency: int = 1
+    ordered: bool = True
+    window: int | None = None
+
+    operator: ClassVar[str] = "map"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        check_int("concurrency", self.concurrency, minimum=1)
+        check_bool("ordered", self.ordered)
+        check_window(self.window, self.concurrency)
+        if self.concurrency > 1 and self.kind is not CallKind.ASYNC:
+            raise DefinitionValueError(
+                f"concurrency={self.concurrency} needs an async fn: a sync fn {self.fn!r} "
+                "would block the Trio thread (use concurrency=1, or an async function)"
+            )
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle.PERSISTENT if self.concurrency > 1 else Lifecycle.CONTINUOUS
+
+    @property
+    def inline(self) -> bool:
+        return self.kind is CallKind.SYNC
+
+
+@attrs.frozen(kw_only=True)
+class FilterStage(FnStage[T, T]):
+    operator: ClassVar[str] = "filter"
+
+
+@attrs.frozen(kw_only=True)
+class FlatMapStage(FnStage[In, Out]):
+    operator: ClassVar[str] = "flat_map"
+    allowed_kinds: ClassVar[frozenset[CallKind]] = frozenset(CallKind)
+
+
+@attrs.frozen(kw_only=True)
+class TapStage(FnStage[T, T]):
+    operator: ClassVar[str] = "tap"
+
+
+@attrs.frozen(kw_only=True)
+class TakeWhileStage(FnStage[T, T]):
+    operator: ClassVar[str] = "take_while"
+
+
+@attrs.frozen(kw_only=True)
+class ScanStage(FnStage[In, Out]):
+    initial: Any = None
+
+    operator: ClassVar[str] = "scan"
+
+
+@attrs.frozen(kw_only=True)
+class TakeStage(Stage[T, T]):
+    count: int
+
+    operator: ClassVar[str] = "take"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        check_int("count", self.count, minimum=0)
+
+    @property
+    def inline(self) -> bool:
+        return True
+
+
+@attrs.frozen(kw_only=True)
+class SkipStage(Stage[T, T]):
+    count: int
+
+    operator: ClassVar[str] = "skip"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        check_int("count", self.count, minimum=0)
+
+    @property
+    def inline(self) -> bool:
+        return True
+
+
+@attrs.frozen(kw_only=True)
+class BatchStage(Stage[T, list[T]]):
+    size: int
+    timeout: float | None = None
+
+    operator: ClassVar[str] = "batch"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        check_int("size", self.size, minimum=1)
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout", check_seconds("timeout", self.timeout))
+
+    @property
+    def inline(self) -> bool:
+        return self.timeout is None
+
+
+@attrs.frozen(kw_only=True)
+class PersistentStage(Stage[In, Out]):
+    fn: Callable[..., Any]
+    resource: Callable[[], AbstractAsyncContextManager[Any]]
+    workers: int = 1
+    ordered: bool = True
+    window: int | None = None
+    kind: CallKind = attrs.field(default=CallKind.ASYNC)
+
+    operator: ClassVar[str] = "persistent"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        kind = classify(self.fn, "fn")
+        if kind is not CallKind.ASYNC:
+            raise DefinitionTypeError(
+                f"fn of persistent must be an async function (resource, item) -> result, "
+                f"got {self.fn!r}"
+            )
+        object.__setattr__(self, "kind", kind)
+        if not callable(self.resource):
+            raise DefinitionTypeError(
+                f"resource must be a callable returning an async context manager, "
+                f"got {self.resource!r}"
+            )
+        check_int("workers", self.workers, minimum=1)
+        check_bool("ordered", self.ordered)
+        check_window(self.window, self.workers)
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle.PERSISTENT
+
+
+@attrs.frozen(kw_only=True)
+class OnDemandStage(Stage[In, Out]):
+    factory: Callable[[], Any]
+    limit: int = 1
+    ordered: bool = True
+    window: int | None = None
+
+    operator: ClassVar[str] = "on_demand"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if not callable(self.factory):
+            raise DefinitionTypeError(f"factory must be callable, got {self.factory!r}")
+        check_int("limit", self.limit, minimum=1)
+        check_bool("ordered", self.ordered)
+        check_window(self.window, self.limit)
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle.ON_DEMAND
+
+
+@attrs.frozen(kw_only=True)
+class ContinuousStage(Stage[In, Out]):
+    fn: Callable[..., Any]
+
+    operator: ClassVar[str] = "continuous"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if classify(self.fn, "fn") is not CallKind.ASYNC:
+            raise DefinitionTypeError(
+                f"fn of continuous must be an async function (items, emit) -> None, got {self.fn!r}"
+            )
+
+
+# -- sinks --------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class FnSink(Sink[In, None]):
+    fn: Callable[..., Any]
+    kind: CallKind = attrs.field(default=CallKind.SYNC)
+
+    operator: ClassVar[str] = "sink"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        kind = classify(self.fn, "fn")
+        if kind not in (CallKind.SYNC, CallKind.ASYNC):
+            raise DefinitionTypeError(
+                f"fn of sink must be a plain or async function, got a {kind.value} function"
+            )
+        object.__setattr__(self, "kind", kind)
+
+    @property
+    def inline(self) -> bool:
+        return self.kind is CallKind.SYNC
+
+
+@attrs.frozen(kw_only=True)
+class ListSink(Sink[T, list[T]]):
+    operator: ClassVar[str] = "to_list"
+
+    @property
+    def inline(self) -> bool:
+        return True
+
+
+@attrs.frozen(kw_only=True)
+class DiscardSink(Sink[Any, None]):
+    """What ``Flow.run`` ends with: counts the items and drops them."""
+
+    operator: ClassVar[str] = "discard"
+
+    @property
+    def inline(self) -> bool:
+        return True
+
+
+@attrs.frozen(kw_only=True)
+class ReduceSink(Sink[In, Any]):
+    fn: Callable[..., Any]
+    initial: Any
+    kind: CallKind = attrs.field(default=CallKind.SYNC)
+
+    operator: ClassVar[str] = "reduce"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        kind = classify(self.fn, "fn")
+        if kind not in (CallKind.SYNC, CallKind.ASYNC):
+            raise DefinitionTypeError(f"fn of reduce must be a plain or async function, got {kind.value}")
+        object.__setattr__(self, "kind", kind)
+
+    @property
+    def inline(self) -> bool:
+        return self.kind is CallKind.SYNC
+
+
+# -- sources ------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class IterableSource(Source[T]):
+    iterable: Iterable[T]
+
+    operator: ClassVar[str] = "from_iterable"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if not isinstance(self.iterable, Iterable):
+            raise DefinitionTypeError(f"iterable must be iterable, got {self.iterable!r}")
+
+
+@attrs.frozen(kw_only=True)
+class AsyncIterableSource(Source[T]):
+    iterable: AsyncIterable[T]
+
+    operator: ClassVar[str] = "from_async_iterable"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if not isinstance(self.iterable, AsyncIterable):
+            raise DefinitionTypeError(f"iterable must be an async iterable, got {self.iterable!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ChannelSource(Source[T]):
+    channel: trio.abc.ReceiveChannel[T]
+
+    operator: ClassVar[str] = "from_channel"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if not isinstance(self.channel, trio.abc.ReceiveChannel):
+            raise DefinitionTypeError(f"channel must be a trio ReceiveChannel, got {self.channel!r}")
+
+
+@attrs.frozen(kw_only=True)
+class PeriodicSource(Source[int]):
+    interval: float
+    count: int | None = None
+
+    operator: ClassVar[str] = "periodic"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        object.__setattr__(self, "interval", check_seconds("interval", self.interval))
+        check_optional_int("count", self.count, minimum=0)
+
+
+@attrs.frozen(kw_only=True)
+class TaskSource(Source[T]):
+    fn: Callable[..., Any]
+    wants_status: bool = False
+
+    operator: ClassVar[str] = "source"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if classify(self.fn, "fn") is not CallKind.ASYNC:
+            raise DefinitionTypeError(
+                f"fn of source must be an async function (emit) -> None, got {self.fn!r}"
+            )
+        from ._callables import accepts_keyword
+
+        object.__setattr__(self, "wants_status", accepts_keyword(self.fn, "task_status"))

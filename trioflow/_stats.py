@@ -1,0 +1,69 @@
+"""Observation: frozen snapshots returned by ``statistics()``. Reading them never changes a run."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from ._stage import Lifecycle
+
+
+class RunState(enum.Enum):
+    """Where a run is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@attrs.frozen(kw_only=True)
+class StageStatistics:
+    """Counters of one stage (source, stage or sink) at the moment of the snapshot."""
+
+    name: str
+    operator: str
+    lifecycle: Lifecycle
+    #: Index of the task group (segment) the stage runs in; fused stages share one.
+    segment: int
+    items_in: int
+    items_out: int
+    errors: int
+    #: Calls of user code under way right now (worker pools: items being processed).
+    in_flight: int
+    #: Worker tasks (persistent pools) or the limit of concurrent tasks (on-demand).
+    workers: int
+    #: Ordered pools: finished results waiting for an earlier item (the reorder buffer).
+    waiting: int
+
+
+@attrs.frozen(kw_only=True)
+class EdgeStatistics:
+    """One bounded edge between two task groups."""
+
+    name: str
+    capacity: int
+    #: Items queued now.
+    depth: int
+    #: The most items ever queued at once during the run.
+    peak: int
+    #: Items that went through the edge so far.
+    total: int
+
+
+@attrs.frozen(kw_only=True)
+class RunStatistics:
+    """A snapshot of a whole run."""
+
+    state: RunState
+    stages: tuple[StageStatistics, ...]
+    edges: tuple[EdgeStatistics, ...]
+
+    def stage(self, name: str) -> StageStatistics:
+        """The statistics of the stage called ``name`` (``KeyError`` if there is none)."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
