@@ -7,12 +7,14 @@ import trioflow as tf
 
 
 async def test_map_filter_to_list() -> None:
-    out = await (tf.from_iterable(range(10)) | tf.map(lambda x: x + 1) | tf.filter(lambda x: x % 2 == 0)).to_list()
+    flow = tf.from_iterable(range(10)) | tf.map(lambda x: x + 1) | tf.filter(lambda x: x % 2 == 0)
+    out = await flow.to_list()
     assert out == [2, 4, 6, 8, 10]
 
 
 async def test_take_stops_infinite_source() -> None:
-    assert await (tf.from_iterable(itertools.count()) | tf.map(lambda x: x * 3) | tf.take(4)).to_list() == [0, 3, 6, 9]
+    flow = tf.from_iterable(itertools.count()) | tf.map(lambda x: x * 3) | tf.take(4)
+    assert await flow.to_list() == [0, 3, 6, 9]
 
 
 async def test_fail_fast_single_group_level_with_annotation() -> None:

@@ -18,8 +18,9 @@ T = TypeVar("T")
 U = TypeVar("U")
 R = TypeVar("R")
 
-#: Items per chunk when a stage takes what is waiting (tunable per run).
-DEFAULT_CHUNK_SIZE = 256
+#: The most items per chunk when a stage takes what is waiting (tunable per run); sources
+#: adapt their chunk size below this to keep each chunk's work around a millisecond.
+DEFAULT_CHUNK_SIZE = 1024
 #: Default capacity, in items, of an edge between two tasks.
 DEFAULT_BUFFER = 512
 
