@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import trio
 
@@ -54,6 +54,10 @@ def parse(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return rec if isinstance(rec, dict) else None
+
+
+def is_record(rec: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
+    return rec is not None and isinstance(rec.get("sensor"), str) and isinstance(rec.get("id"), int)
 
 
 async def enrich(rec: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +109,7 @@ async def run_demo(records: int, db: Path | None, seed: int = 1) -> int:
         pipeline = (
             tf.source(reader, name="reader")
             | tf.map(parse, name="parse")
-            | tf.filter(lambda r: r is not None and "sensor" in r, name="valid")
+            | tf.filter(is_record, name="valid")
             | tf.map(enrich, concurrency=8, name="enrich")
             | tf.batch(1000, timeout=0.25, name="batch")
             | tf.persistent(write_batch, resource=lambda: sqlite_writer(path), workers=1,
@@ -140,4 +144,4 @@ async def run_demo(records: int, db: Path | None, seed: int = 1) -> int:
             print(f"  edge {e.name:<22} capacity {e.capacity:>4}  peak {e.peak:>4}")
         if stored != written:
             raise SystemExit(f"demo check failed: {written} written but {stored} stored")
-        return stored
+        return int(stored)

@@ -16,7 +16,7 @@ from collections.abc import (
     Iterable,
 )
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar, overload
+from typing import Any, TypeGuard, TypeVar, overload
 
 import trio
 
@@ -176,13 +176,25 @@ def map(
                     name=name, buffer=buffer)
 
 
+@overload
+def filter(
+    fn: Callable[[T], TypeGuard[U]], *, name: str | None = None, buffer: int | None = None
+) -> Stage[T, U]: ...
+@overload
 def filter(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
     *,
     name: str | None = None,
     buffer: int | None = None,
-) -> Stage[T, T]:
-    """Keep the items for which ``fn(item)`` is true (plain functions are fused).
+) -> Stage[T, T]: ...
+def filter(
+    fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
+    *,
+    name: str | None = None,
+    buffer: int | None = None,
+) -> Stage[T, Any]:
+    """Keep the items for which ``fn(item)`` is true (plain functions are fused). A
+    ``TypeGuard`` predicate narrows the item type for the rest of the chain.
 
     * emits: each kept item, in order;
     * backpressure: no item is tested while the next edge is full;

@@ -856,6 +856,16 @@ def _make_head(node: PlanNode) -> Head:
     return AsyncEachHead(node, spec)
 
 
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    out: list[Exception] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out
+
+
 @final
 class Runner:
     """The live state of one run. Built by ``Flow.run``/``Pipeline.run``/``Flow.open``."""
@@ -897,8 +907,18 @@ class Runner:
         self._linked.append(scope)
 
     def fail(self, exc: Exception) -> None:
-        """Record a failure and cancel the whole run (fail-fast)."""
-        self.errors.append(exc)
+        """Record a failure and cancel the whole run (fail-fast).
+
+        A group raised by user code (say, from a nursery inside a source) is flattened into
+        its leaves, each keeping the group's notes, so a run raises one level only."""
+        if isinstance(exc, ExceptionGroup):
+            notes = getattr(exc, "__notes__", [])
+            for leaf in _leaves(exc):
+                for note in notes:
+                    leaf.add_note(note)
+                self.errors.append(leaf)
+        else:
+            self.errors.append(exc)
         if self._scope is not None:
             self._scope.cancel()
         for scope in self._linked:
@@ -936,13 +956,17 @@ class Runner:
                 if not self.errors:
                     self.state = RunState.RUNNING
                     on_ready()
-        finally:
+        except BaseException:  # cancelled from outside (or interrupted)
+            self.state = RunState.FAILED if self.errors else RunState.CANCELLED
+            raise
+        else:
             if self.errors:
                 self.state = RunState.FAILED
-            elif self._cancel_requested or (self._scope is not None and self._scope.cancel_called):
+            elif self._cancel_requested:
                 self.state = RunState.CANCELLED
             else:
                 self.state = RunState.COMPLETED
+        finally:
             self._finished.set()
 
     def raise_errors(self) -> None:

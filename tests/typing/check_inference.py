@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import assert_type
+from typing import TypeGuard, assert_type
 
 import trio
 
@@ -88,3 +88,13 @@ async def check() -> None:
         handle: tf.RunHandle[int] = await nursery.start(pipeline.run)
         assert_type(handle.result(), int)
         assert_type(handle.statistics(), tf.RunStatistics)
+
+
+def is_str(x: object) -> TypeGuard[str]:
+    return isinstance(x, str)
+
+
+async def check_narrowing() -> None:
+    mixed = tf.from_iterable([1, "a", None])
+    assert_type(mixed | tf.filter(is_str), tf.Flow[str])
+    assert_type(mixed | tf.filter(lambda x: x is not None), tf.Flow[int | str | None])
