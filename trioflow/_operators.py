@@ -233,7 +233,9 @@ def tap(
     """Call ``fn(item)`` for its side effect and pass the item on unchanged.
 
     * emits: every item, in order, after ``fn`` returned for it;
-    * backpressure, completion, cancellation: as ``map``;
+    * backpressure: as ``map``;
+    * completes: when the input completes;
+    * cancelled: by the run or when downstream stops;
     * on error: the exception fails the run, noted with stage and item.
     """
     return TapStage(fn=fn, name=name, buffer=buffer)
@@ -255,8 +257,11 @@ def take(count: int, *, name: str | None = None) -> Stage[T, T]:
 def skip(count: int, *, name: str | None = None) -> Stage[T, T]:
     """Drop the first ``count`` items, pass the rest on (fused).
 
-    * emits: every item after the first ``count``; backpressure: as its upstream;
-    * completes: when the input completes; cancelled: by the run; on error: none.
+    * emits: every item after the first ``count``, in order;
+    * backpressure: as its upstream;
+    * completes: when the input completes;
+    * cancelled: by the run or when downstream stops;
+    * on error: none of its own.
     """
     return SkipStage(count=count, name=name)
 
@@ -288,8 +293,10 @@ def scan(
     """Running accumulation: emits ``acc = fn(acc, item)`` after each item, starting from
     ``initial`` (which itself is not emitted), like ``itertools.accumulate(..., initial=)[1:]``.
 
-    * emits: one accumulated value per item;
-    * backpressure, completion, cancellation: as ``map``;
+    * emits: one accumulated value per item, in order;
+    * backpressure: as ``map``;
+    * completes: when the input completes;
+    * cancelled: by the run or when downstream stops;
     * on error: the exception fails the run, noted with stage and item.
     """
     return ScanStage(fn=fn, initial=initial, name=name, buffer=buffer)
@@ -383,9 +390,12 @@ def continuous(
     ``items`` is an async iterator over the input; ``await emit(x)`` hands ``x`` on.
     Use it for stateful operators that may also produce without input.
 
-    * emits: whatever ``fn`` emits; backpressure: ``emit`` waits while the edge is full;
-    * completes: when ``fn`` returns; cancelled: by the run, or when downstream stops
-      (``emit`` raises ``trio.Cancelled``); on error: the exception fails the run.
+    * emits: whatever ``fn`` emits, when it emits it;
+    * backpressure: ``emit`` waits while the next edge is full; input is taken only
+      when ``fn`` asks for the next item;
+    * completes: when ``fn`` returns;
+    * cancelled: by the run, or when downstream stops (``emit`` raises ``trio.Cancelled``);
+    * on error: the exception fails the run, noted with the stage's name.
     """
     return ContinuousStage(fn=fn, name=name, buffer=buffer)
 
@@ -401,15 +411,24 @@ def sink(
 ) -> Sink[T, None]:
     """End a flow by calling ``fn(item)`` for every item; the run returns ``None``.
 
+    * emits: nothing (a sink); plain functions are fused into the upstream task;
     * backpressure: the next item is not taken until ``fn`` returned for this one;
-    * completes: when the input completes; cancelled: by the run;
+    * completes: when the input completes;
+    * cancelled: by the run;
     * on error: the exception fails the run, noted with stage and item.
     """
     return FnSink(fn=fn, name=name, buffer=buffer)
 
 
 def to_list(*, name: str | None = None) -> Sink[T, builtins.list[T]]:
-    """End a flow by collecting every item; the run returns the list (in arrival order)."""
+    """End a flow by collecting every item; the run returns the list (in arrival order).
+
+    * emits: nothing (a sink; fused);
+    * backpressure: none of its own (the list grows with the input);
+    * completes: when the input completes;
+    * cancelled: by the run (``handle.cancel()`` leaves the items collected so far);
+    * on error: none of its own.
+    """
     return ListSink(name=name)
 
 
@@ -422,7 +441,10 @@ def reduce(
 ) -> Sink[T, A]:
     """End a flow by folding: ``acc = fn(acc, item)`` from ``initial``; returns ``acc``.
 
-    * completes: when the input completes; cancelled: by the run;
+    * emits: nothing (a sink); plain functions are fused into the upstream task;
+    * backpressure: the next item is not taken until ``fn`` returned for this one;
+    * completes: when the input completes;
+    * cancelled: by the run;
     * on error: the exception fails the run, noted with stage and item.
     """
     return ReduceSink(fn=fn, initial=initial, name=name, buffer=buffer)
