@@ -120,6 +120,7 @@ class Flow(Generic[T]):
         edge = runner.output
         assert edge is not None
         body_exc: BaseException | None = None
+        unwrap = False
         try:
             async with trio.open_nursery() as nursery:
                 # a failure in the pipeline cancels the body too: it sees cancellation,
@@ -135,17 +136,27 @@ class Flow(Generic[T]):
                     edge.close_receive()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # the nursery wraps the body's exception; hand it back unwrapped
-            if body_exc is not None and not runner.errors:
-                rest = group.subgroup(lambda e: e is not body_exc and not isinstance(e, trio.Cancelled))
-                if rest is None:
-                    raise body_exc from None
-            raise
+            if runner.errors:
+                # the pipeline failed: raise its errors (one level), plus the body's own
+                # error if it had one besides the cancellation the failure caused
+                extra = body_exc if isinstance(body_exc, Exception) else None
+                runner.raise_errors(extra)
+            # the nursery wrapped the body's exception: hand it back unwrapped
+            rest = group.subgroup(
+                lambda e: not isinstance(e, BaseExceptionGroup | trio.Cancelled) and e is not body_exc
+            )
+            if body_exc is None or rest is not None:
+                raise
+            unwrap = True
+        if unwrap:
+            assert body_exc is not None
+            raise body_exc  # outside the except block, so no context is added
         runner.raise_errors()
 
 
 async def _run_tasks(runner: Runner, *, task_status: trio.TaskStatus[None]) -> None:
     await runner.run_tasks(task_status.started)
+    runner.raise_errors()  # reached with errors only when the run failed while starting
 
 
 @attrs.frozen(kw_only=True)

@@ -969,11 +969,11 @@ class Runner:
         finally:
             self._finished.set()
 
-    def raise_errors(self) -> None:
+    def raise_errors(self, extra: Exception | None = None) -> None:
+        """Raise the recorded errors as one ExceptionGroup level (nothing if none)."""
         if self.errors:
-            raise ExceptionGroup(
-                f"trioflow run failed with {len(self.errors)} error(s)", self.errors
-            )
+            errors = [*self.errors, extra] if extra is not None else self.errors
+            raise ExceptionGroup(f"trioflow run failed with {len(errors)} error(s)", errors)
 
     def result(self) -> Any:
         return self.segments[-1].sink_result()
