@@ -155,11 +155,23 @@ class Head:
         raise NotImplementedError
 
     def failed(self, exc: BaseException, item: object, *, has_item: bool = True) -> None:
+        if getattr(exc, "_trioflow_annotated", False):
+            return  # raised (and counted) by a fused op after this head, reached via emit
         self.errors += 1
         annotate(exc, self.name, item, has_item=has_item)
 
     def result(self) -> Any:
         return None
+
+    async def release(self) -> None:
+        """Close what the head owns when the run ends before the head ever ran (a failure
+        while starting, ``take(0)``); a head that ran closes it itself."""
+
+
+async def _bounded_shielded(fn: Callable[[], Awaitable[object]]) -> None:
+    with trio.move_on_after(_ACLOSE_TIMEOUT) as cs:
+        cs.shield = True
+        await fn()
 
 
 class IterableHead(Head):
@@ -225,9 +237,12 @@ class AsyncIterableHead(Head):
         finally:
             aclose = getattr(it, "aclose", None)
             if aclose is not None:
-                with trio.move_on_after(_ACLOSE_TIMEOUT) as cs:
-                    cs.shield = True
-                    await aclose()
+                await _bounded_shielded(aclose)
+
+    async def release(self) -> None:
+        aclose = getattr(self.iterable, "aclose", None)  # an iterator that is its own aiter
+        if aclose is not None:
+            await _bounded_shielded(aclose)
 
 
 class ChannelHead(Head):
@@ -255,14 +270,15 @@ class ChannelHead(Head):
                 self.n_out += len(chunk)
                 await seg.emit(chunk)
         finally:
-            # the run owns the channel: closing it tells the producer nobody listens any more
-            close = getattr(channel, "close", None)
-            if close is not None:
-                close()
-            else:
-                with trio.move_on_after(_ACLOSE_TIMEOUT) as cs:
-                    cs.shield = True
-                    await channel.aclose()
+            await self.release()
+
+    async def release(self) -> None:
+        # the run owns the channel: closing it tells the producer nobody listens any more
+        close = getattr(self.channel, "close", None)
+        if close is not None:
+            close()
+        else:
+            await _bounded_shielded(self.channel.aclose)
 
 
 class PeriodicHead(Head):
@@ -545,6 +561,12 @@ class PoolHead(Head):
         self.ordered: bool = spec.ordered
         n = self.workers
         self.limit = (spec.window or 2 * n) if self.ordered else 2 * n
+        # the feeder, once blocked on the limit, is woken only when it can admit a run of
+        # items (half the queue's headroom), not once per finished item: one scheduler
+        # pass per run instead of per item, while workers still find items queued
+        self._wake_below = self.limit - max(1, (self.limit - n) // 2)
+        self._ready = 0
+        self._all_ready = trio.Event()
         self._queue: deque[tuple[int, Any]] = deque()
         self._work = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
@@ -562,8 +584,11 @@ class PoolHead(Head):
         runner = seg.runner
         async with trio.open_nursery() as nursery:
             if self.factory is None:
+                # start all workers at once and wait once (not one nursery.start each)
                 for _ in range(self.workers):
-                    await nursery.start(runner.guarded, self._worker)
+                    nursery.start_soon(runner.guarded, self._worker)
+                if self.resource is not None:
+                    await self._all_ready.wait()  # every worker entered its resource
             status.started()
             await self._feed(seg, nursery)
             self._closed = True
@@ -591,11 +616,16 @@ class PoolHead(Head):
                     nursery.start_soon(seg.runner.guarded, self._one, seq, item)
                 else:
                     self._queue.append((seq, item))
-                    self._work.unpark()
+                    if self._work:
+                        self._work.unpark()
+
+    def _admitted_done(self, count: int) -> None:
+        self._pending -= count
+        if self._space and self._pending <= self._wake_below:
+            self._space.unpark()
 
     async def _worker(self, task_status: _Status) -> None:
         if self.resource is None:
-            task_status.started()
             await self._work_loop(None)
             return
         try:
@@ -606,7 +636,9 @@ class PoolHead(Head):
             exc.add_note(f"trioflow: while building the resource of a worker of {self.name!r}")
             raise
         try:
-            task_status.started()
+            self._ready += 1
+            if self._ready == self.workers:
+                self._all_ready.set()
             await self._work_loop(res)
         except BaseException as exc:
             # resources are closed on every exit path, shielded so cancellation cannot
@@ -656,7 +688,8 @@ class PoolHead(Head):
         finally:
             self.in_flight -= 1
             self._running -= 1
-            self._space.unpark()
+            if self._space:
+                self._space.unpark()
         await self._deposit(seq, r)
 
     async def _deposit(self, seq: int, result: Any) -> None:
@@ -667,8 +700,7 @@ class PoolHead(Head):
             try:
                 await seg.emit([result])
             finally:
-                self._pending -= 1
-                self._space.unpark()
+                self._admitted_done(1)
             return
         results = self._results
         results[seq] = result
@@ -685,10 +717,11 @@ class PoolHead(Head):
                     nxt += 1
                 self._next = nxt
                 self.waiting = len(results)
-                self._pending -= len(batch)
-                self._space.unpark()
                 self.n_out += len(batch)
+                # the batch counts against the window until it is handed on: while the next
+                # edge is full, results behind it must not pile up past ``window - 1``
                 await seg.emit(batch)
+                self._admitted_done(len(batch))
         finally:
             self._emitting = False
 
@@ -725,6 +758,8 @@ class Segment:
         self.out = out
         self.chunk_size = chunk_size
         self.scope = trio.CancelScope()
+        #: whether ``head.run`` was entered (if not, ``head.release`` must close its resources)
+        self.head_ran = False
         #: index of the op that asked to stop (-1: the head itself); None while running
         self.stopped_at: int | None = None
         self.downstream_gone = False
@@ -763,6 +798,7 @@ class Segment:
         try:
             with self.scope:
                 if self.stopped_at is None:
+                    self.head_ran = True
                     await self.head.run(self, task_status)
             task_status.started()
             if self.downstream_gone:
@@ -772,11 +808,18 @@ class Segment:
             await checkpoint_if_cancelled()  # a failed run is cancelled, not completed
             start = 0 if self.stopped_at is None else self.stopped_at + 1
             await self._flush(start)
+        except Exception as exc:
+            # cancel the run *before* the finally below closes the output edge: a consumer
+            # parked on that edge would otherwise wake to a clean end of stream (DESIGN §3)
+            self.runner.fail(exc)
+            raise
         finally:
             if self.inp is not None:
                 self.inp.close_receive()
             if self.out is not None:
                 self.out.close_send()
+            if not self.head_ran:
+                await self.head.release()
 
     async def _flush(self, start: int) -> None:
         ops = self.ops
@@ -866,6 +909,20 @@ def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
     return out
 
 
+def _sole_cancelled(exc: BaseException) -> trio.Cancelled | None:
+    """The first ``Cancelled`` of a group that holds nothing else (at any depth), or None."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    matched, rest = exc.split(trio.Cancelled)
+    if rest is not None or matched is None:
+        return None
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, trio.Cancelled)
+    return leaf
+
+
 @final
 class Runner:
     """The live state of one run. Built by ``Flow.run``/``Pipeline.run``/``Flow.open``."""
@@ -873,6 +930,8 @@ class Runner:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.errors: list[Exception] = []
+        #: exceptions passed to ``fail`` (before flattening), so recording is idempotent
+        self._failures: list[Exception] = []
         self.state = RunState.STARTING
         self._scope: trio.CancelScope | None = None
         self._cancel_requested = False
@@ -910,7 +969,12 @@ class Runner:
         """Record a failure and cancel the whole run (fail-fast).
 
         A group raised by user code (say, from a nursery inside a source) is flattened into
-        its leaves, each keeping the group's notes, so a run raises one level only."""
+        its leaves, each keeping the group's notes, so a run raises one level only.
+        Idempotent: a segment records its error before closing its edges, then ``guarded``
+        sees the same exception again."""
+        if any(e is exc for e in self._failures):
+            return
+        self._failures.append(exc)
         if isinstance(exc, ExceptionGroup):
             notes = getattr(exc, "__notes__", [])
             for leaf in _leaves(exc):
@@ -956,8 +1020,13 @@ class Runner:
                 if not self.errors:
                     self.state = RunState.RUNNING
                     on_ready()
-        except BaseException:  # cancelled from outside (or interrupted)
+        except BaseException as exc:  # cancelled from outside (or interrupted)
             self.state = RunState.FAILED if self.errors else RunState.CANCELLED
+            cancelled = _sole_cancelled(exc)
+            if cancelled is not None:
+                # trio wraps the tasks' Cancelled in (nested) nursery groups; an outside
+                # cancellation is documented to propagate as one plain trio.Cancelled
+                raise cancelled from None
             raise
         else:
             if self.errors:
@@ -967,6 +1036,12 @@ class Runner:
             else:
                 self.state = RunState.COMPLETED
         finally:
+            # segments never started (the run failed or was cancelled while starting)
+            # still close what their heads own
+            for seg in self.segments:
+                if not seg.head_ran:
+                    seg.head_ran = True
+                    await seg.head.release()
             self._finished.set()
 
     def raise_errors(self, extra: Exception | None = None) -> None:
