@@ -52,7 +52,7 @@ def examples(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (extra args go to benchmarks/run.py)."""
-    session.install("-e", ".")
+    session.install("-e", ".", "aiostream>=0.6")  # aiostream: a peer measured under asyncio
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 

@@ -1,0 +1,168 @@
+"""Workload "linear": ints -> map(x+1) -> filter(even) -> map(x*2) -> sum.
+
+Pure CPU work, a few nanoseconds per step: what is measured is the framework's cost per
+item. The trioflow variant is written as a user would write it, with lambdas; the planner
+fuses the three synchronous stages and the sink into the source's task (one task, no
+channel hop), and the source hands them chunks of items, so the per-item cost is a C-level
+``map`` call per stage. Compare with a task per stage, where every item pays a channel
+hop (a scheduler pass) at every edge.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import peers
+import trio
+from harness import Target, Variant, Workload
+from trio.lowlevel import checkpoint
+
+import trioflow as tf
+
+#: A hand-written task that never blocks must still checkpoint now and then so other tasks
+#: (and cancellation) get a turn. Once per 1024 items is rare enough to cost nothing and
+#: is no more often than trioflow does it (its sources take chunks of up to 1024 items).
+CHECKPOINT_EVERY = 1024
+#: Capacity of each memory channel in the task-per-stage version (0 measures the same).
+CHANNEL_CAPACITY = 512
+
+
+def expected_sum(n: int) -> int:
+    return sum(x * 2 for x in (x + 1 for x in range(n)) if x % 2 == 0)
+
+
+# -- the trioflow way ----------------------------------------------------------------------
+
+
+async def trioflow_sink(n: int) -> int:
+    """The pipeline as a user writes it: lambdas, and a sink that adds up."""
+    total = 0
+
+    def add(x: int) -> None:
+        nonlocal total
+        total += x
+
+    await (
+        tf.from_iterable(range(n))
+        | tf.map(lambda x: x + 1)
+        | tf.filter(lambda x: x % 2 == 0)
+        | tf.map(lambda x: x * 2)
+        | tf.sink(add)
+    ).run()
+    return total
+
+
+async def trioflow_reduce(n: int) -> int:
+    """The same with ``reduce``, which returns the sum from ``run()``."""
+    return await (
+        tf.from_iterable(range(n))
+        | tf.map(lambda x: x + 1)
+        | tf.filter(lambda x: x % 2 == 0)
+        | tf.map(lambda x: x * 2)
+        | tf.reduce(operator.add, 0)
+    ).run()
+
+
+# -- references ------------------------------------------------------------------------------
+
+
+def generator_chain(n: int) -> int:
+    """Plain Python, no Trio: the floor for per-item cost."""
+    return sum(x * 2 for x in (x + 1 for x in range(n)) if x % 2 == 0)
+
+
+def plain_same_functions(n: int) -> int:
+    """Plain Python calling the same kind of functions trioflow is given (three lambdas and
+    a sink function per item): what calling user code costs, before any framework."""
+    total = 0
+
+    def add(x: int) -> None:
+        nonlocal total
+        total += x
+
+    for x in map(lambda x: x * 2, filter(lambda x: x % 2 == 0, map(lambda x: x + 1, range(n)))):
+        add(x)
+    return total
+
+
+async def trio_task_per_stage(n: int) -> int:
+    """Hand-written Trio, one task per stage, memory channels between them, item by item."""
+    total = 0
+
+    async def source(out: trio.MemorySendChannel[int]) -> None:
+        async with out:
+            for x in range(n):
+                await out.send(x)
+
+    async def map_stage(fn, inp: trio.MemoryReceiveChannel[int], out: trio.MemorySendChannel[int]) -> None:
+        async with inp, out:
+            async for x in inp:
+                await out.send(fn(x))
+
+    async def filter_even(inp: trio.MemoryReceiveChannel[int], out: trio.MemorySendChannel[int]) -> None:
+        async with inp, out:
+            async for x in inp:
+                if x % 2 == 0:
+                    await out.send(x)
+
+    async def sink(inp: trio.MemoryReceiveChannel[int]) -> None:
+        nonlocal total
+        async with inp:
+            async for x in inp:
+                total += x
+
+    s1, r1 = trio.open_memory_channel[int](CHANNEL_CAPACITY)
+    s2, r2 = trio.open_memory_channel[int](CHANNEL_CAPACITY)
+    s3, r3 = trio.open_memory_channel[int](CHANNEL_CAPACITY)
+    s4, r4 = trio.open_memory_channel[int](CHANNEL_CAPACITY)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(source, s1)
+        nursery.start_soon(map_stage, lambda x: x + 1, r1, s2)
+        nursery.start_soon(filter_even, r2, s3)
+        nursery.start_soon(map_stage, lambda x: x * 2, r3, s4)
+        nursery.start_soon(sink, r4)
+    return total
+
+
+async def trio_fused(n: int) -> int:
+    """Hand-written Trio, every step inline in one task, checkpointing every 1024 items."""
+    total = 0
+    for start in range(0, n, CHECKPOINT_EVERY):
+        for i in range(start, min(start + CHECKPOINT_EVERY, n)):
+            x = i + 1
+            if x % 2 == 0:
+                total += x * 2
+        await checkpoint()
+    return total
+
+
+def workload(n: int, reps: int) -> Workload:
+    return Workload(
+        name="linear",
+        title=f"{n:,} ints -> map(x+1) -> filter(even) -> map(x*2) -> sum",
+        baseline="generator",
+        expected=expected_sum(n),
+        reps=reps,
+        variants=[
+            Variant("generator", generator_chain,
+                    "plain generator chain, no Trio", n),
+            Variant("plain_same_fns", plain_same_functions,
+                    "plain Python, the same lambdas + sink function, no Trio", n),
+            Variant("trio_fused", trio_fused,
+                    "hand-written Trio, all steps in one task", n),
+            Variant("trioflow", trioflow_sink,
+                    "from_iterable | map | filter | map | sink, lambdas", n),
+            Variant("trioflow_reduce", trioflow_reduce,
+                    "same, ending in reduce(operator.add, 0)", n),
+            Variant("trio_task_per_stage", trio_task_per_stage,
+                    "hand-written Trio, a task per stage, memory channels", n),
+            *peers.linear_variants(n),
+        ],
+        targets=[
+            Target("trioflow time / generator time", "trioflow", "generator",
+                   limit=3.0, at_most=True),
+            Target("task-per-stage time / trioflow time (speed-up)", "trio_task_per_stage",
+                   "trioflow", limit=45.0, at_most=False, fmt="{:.0f}x"),
+        ],
+        notes=[] if peers.HAVE_AIOSTREAM else [peers.MISSING_NOTE],
+    )

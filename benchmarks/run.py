@@ -1,0 +1,133 @@
+"""trioflow benchmarks: trioflow against plain Python and hand-written Trio, in one run.
+
+    python benchmarks/run.py              # everything (about 50 s on 2 cores)
+    python benchmarks/run.py --quick      # smaller inputs, a smoke run of a few seconds
+    python benchmarks/run.py --only linear
+
+or ``python3 dev.py bench [-- ARGS]``. Prints a table per workload with the median time,
+items/s, the time relative to the workload's baseline and each target (MET or MISSED);
+writes the same, plus every individual timing, to ``benchmarks/results.json``. Nothing is
+asserted: a missed target is reported, not raised. See ``docs/benchmarks.md``.
+
+Workloads (each in its own module, which also shows how to write the trioflow version):
+
+* ``linear`` (bench_linear.py): cheap synchronous steps; framework cost per item.
+* ``io_map`` (bench_io.py): async I/O calls with ``map(concurrency=64)``.
+* ``batch`` (bench_batch.py): ``batch(100)`` into a sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bench_batch
+import bench_io
+import bench_linear
+import trio
+from harness import Workload, format_table, run_workload
+
+import trioflow
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+
+#: name -> (full size, quick size, repetitions, quick repetitions, builder)
+WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] = {
+    "linear": (200_000, 20_000, 5, 3, bench_linear.workload),
+    "io_map": (2_000, 256, 11, 3, bench_io.workload),
+    "batch": (200_000, 20_000, 7, 3, bench_batch.workload),
+}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "trioflow"], cwd=HERE.parent,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{rev}{' (trioflow/ modified)' if dirty else ''}"
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "trio": trio.__version__,
+        "trioflow": trioflow.__version__,
+        "git": _git_revision(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+    }
+
+
+def _progress(message: str) -> None:
+    if sys.stderr.isatty():
+        print(f"  ... {message:<40}", end="\r", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="smaller inputs and fewer repetitions")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), action="append", metavar="NAME",
+                        help=f"run only this workload (repeatable): {', '.join(WORKLOADS)}")
+    parser.add_argument("--reps", type=int, help="override the number of repetitions")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file (default {RESULTS})")
+    args = parser.parse_args(argv)
+
+    info = machine_info()
+    info["quick"] = args.quick
+    quick_note = "  [--quick: smoke run, figures not representative]" if args.quick else ""
+    print(f"trioflow benchmarks{quick_note}")
+    for key in ("date", "python", "trio", "trioflow", "git", "cpu_count", "cpus_usable", "cpu_model",
+                "platform"):
+        print(f"  {key:<12} {info[key]}")
+    print()
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    for name in args.only or list(WORKLOADS):
+        full, quick, reps, quick_reps, build = WORKLOADS[name]
+        n = quick if args.quick else full
+        r = args.reps or (quick_reps if args.quick else reps)
+        record = run_workload(build(n, r), progress=_progress)
+        results[name] = record
+        print(format_table(name, record))
+        print()
+    info["total_seconds"] = time.perf_counter() - started
+    print(f"total {info['total_seconds']:.1f}s")
+
+    args.output.write_text(json.dumps({"machine": info, "workloads": results}, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
