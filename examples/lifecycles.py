@@ -17,11 +17,12 @@ import trioflow as tf
 
 opened: list[int] = []
 closed: list[int] = []
+ids = iter(range(1000))
 
 
 @asynccontextmanager
 async def connection() -> AsyncIterator[int]:
-    conn_id = len(opened)
+    conn_id = next(ids)  # workers connect concurrently: take an id before awaiting
     await trio.sleep(0.01)  # connecting
     opened.append(conn_id)
     try:
