@@ -325,14 +325,14 @@ def _demo_plan() -> tf.Plan:
 def test_str_plan() -> None:
     text = str(_demo_plan())
     assert text.splitlines() == [
-        "plan: 4 task group(s), chunks of up to 16",
+        "plan: 4 task group(s), 3 edge(s), chunks of up to 16",
         "  segment 0 (continuous): numbers[from_iterable] -> parse[map]",
-        "  ~~ edge (capacity 64 items) ~~>",
         "  segment 1 (persistent): enrich[map]",
-        "  ~~ edge (capacity 128 items) ~~>",
+        "      in: parse -> enrich (capacity 64)",
         "  segment 2 (continuous): group[batch]",
-        "  ~~ edge (capacity 128 items) ~~>",
+        "      in: enrich -> group (capacity 128)",
         "  segment 3 (persistent): write[persistent] -> to_list[to_list]",
+        "      in: group -> write (capacity 128)",
     ]
 
 

@@ -17,8 +17,17 @@ from ._errors import (
 from ._errors import (
     TrioflowError as TrioflowError,
 )
+from ._errors import (
+    UnroutableError as UnroutableError,
+)
 from ._flow import Flow as Flow
 from ._flow import Pipeline as Pipeline
+from ._graph import Graph as Graph
+from ._graph import GraphResult as GraphResult
+from ._graph import Node as Node
+from ._graph import Port as Port
+from ._graph import RouteNode as RouteNode
+from ._graph import SinkNode as SinkNode
 from ._operators import (
     batch as batch,
 )
@@ -79,6 +88,13 @@ from ._operators import (
 from ._operators import (
     to_list as to_list,
 )
+from ._parallel import AllOrNothing as AllOrNothing
+from ._parallel import AtLeast as AtLeast
+from ._parallel import BestEffort as BestEffort
+from ._parallel import FirstK as FirstK
+from ._parallel import ParallelBlockError as ParallelBlockError
+from ._parallel import ParallelPolicy as ParallelPolicy
+from ._parallel import parallel as parallel
 from ._plan import Plan as Plan
 from ._plan import PlanNode as PlanNode
 from ._plan import PlanSegment as PlanSegment
@@ -105,26 +121,39 @@ from ._stats import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllOrNothing",
+    "AtLeast",
+    "BestEffort",
     "DefinitionError",
     "DefinitionTypeError",
     "DefinitionValueError",
     "EdgeStatistics",
     "Emit",
+    "FirstK",
     "Flow",
+    "Graph",
+    "GraphResult",
     "ItemStream",
     "Lifecycle",
+    "Node",
+    "ParallelBlockError",
+    "ParallelPolicy",
     "Pipeline",
     "Plan",
     "PlanNode",
     "PlanSegment",
+    "Port",
+    "RouteNode",
     "RunHandle",
     "RunState",
     "RunStatistics",
     "Sink",
+    "SinkNode",
     "Source",
     "Stage",
     "StageStatistics",
     "TrioflowError",
+    "UnroutableError",
     "batch",
     "continuous",
     "filter",
@@ -134,6 +163,7 @@ __all__ = [
     "from_iterable",
     "map",
     "on_demand",
+    "parallel",
     "periodic",
     "persistent",
     "reduce",

@@ -5,13 +5,37 @@ every object, which caps a task-per-stage pipeline near 40k items/s on this hard
 edge here carries *chunks* (lists of items) and is bounded in *items*:
 
 * ``put`` appends a chunk without yielding when there is room (a producer that is not
-  blocked never pays a scheduler pass per item) and parks only when the edge is full.
+  blocked never pays a scheduler pass per item) and parks only when the edge is full and
+  its policy is ``Overflow.BLOCK``. The edge owns a chunk once it is put.
 * ``receive`` takes everything already waiting, up to ``max_items``, in one go and
   always passes through exactly one checkpoint, so consumers stay cancellable and fair.
   It never waits to fill a chunk: latency is never traded for batching.
-* Capacity is in items: a chunk is accepted when it fits, or when the edge is empty (so a
-  chunk larger than the capacity cannot deadlock). The edge therefore never holds more
-  than ``max(capacity, largest chunk)`` items.
+* Capacity is in items (``None``: unbounded, asked for by name with ``UNBOUNDED``).
+  What happens to an item that does not fit is the edge's `Overflow` policy, applied item
+  by item even though items move in chunks:
+
+  - ``BLOCK``: a chunk is accepted whole when it fits, or when the edge is empty (so a
+    chunk larger than the capacity cannot deadlock); otherwise the producer parks. The
+    edge therefore never holds more than ``max(capacity, largest chunk)`` items, and
+    more than ``capacity`` only as a single chunk. Nothing is dropped. This is the hot
+    path: it does per-chunk work only.
+  - ``DROP_NEWEST``: the part of the chunk that fits is queued, the rest is dropped.
+  - ``DROP_OLDEST``: the whole chunk is queued (its last ``capacity`` items if it is
+    larger) and the oldest queued items are dropped, trimming the front chunk in place,
+    until the edge holds ``capacity`` items.
+  - ``KEEP_LATEST``: the queue is replaced by the chunk's last item, whatever the
+    capacity: after any put the edge holds exactly one item, the newest.
+  - ``FAIL``: a chunk that does not fit (even into an empty edge) raises
+    ``EdgeOverflowError`` and nothing of it is queued.
+
+  The non-``BLOCK`` policies never wait, so their ``put`` never yields at all. The
+  dropping ones never hold more than ``capacity`` items (``KEEP_LATEST``: one).
+* Counters, in items: ``total`` counts items that passed the policy (offered minus
+  dropped; each is later delivered, still queued, or discarded), ``dropped`` the items the
+  policy dropped, ``discarded`` the items thrown away by ``close_receive``, ``peak`` the
+  highest depth. So ``offered == total + dropped`` and ``total == delivered + items +
+  discarded`` (a put that raises offers nothing). ``total`` never decreases: a dropping
+  put never leaves the edge shallower than it found it.
 * Closing the receive side (downstream finished early, e.g. ``take``) makes every pending
   and future ``put`` raise ``DownstreamClosed``; closing every send side ends the stream
   after the queued chunks are drained (``receive`` returns ``None``).
@@ -21,10 +45,19 @@ Both closes are synchronous, so they are safe in ``finally`` blocks of cancelled
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from typing import Any, final
 
 from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
+
+from ._overflow import EdgeOverflowError, Overflow
+
+_BLOCK = Overflow.BLOCK
+_DROP_OLDEST = Overflow.DROP_OLDEST
+_DROP_NEWEST = Overflow.DROP_NEWEST
+_KEEP_LATEST = Overflow.KEEP_LATEST
+_FAIL = Overflow.FAIL
 
 
 class DownstreamClosed(Exception):
@@ -33,56 +66,151 @@ class DownstreamClosed(Exception):
 
 @final
 class Edge:
+    """A bounded (or, by request, unbounded) queue of chunks with an overflow policy.
+
+    Built by the runner, one per edge between two tasks. ``capacity`` is in items, ``None``
+    for unbounded; ``producers`` is how many ``close_send`` calls end the stream.
+    """
+
     __slots__ = (
         "_chunks",
+        "_limit",
         "_not_empty",
         "_not_full",
         "_producers",
         "capacity",
+        "discarded",
+        "dropped",
         "items",
         "name",
+        "overflow",
         "peak",
         "receive_closed",
         "total",
+        "watchers",
     )
 
-    def __init__(self, name: str, capacity: int, producers: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        capacity: int | None,
+        producers: int = 1,
+        overflow: Overflow = Overflow.BLOCK,
+    ) -> None:
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"edge {name!r}: capacity must be at least 1 or None, got {capacity!r}")
+        if not isinstance(overflow, Overflow):
+            raise TypeError(f"edge {name!r}: overflow must be an Overflow, got {overflow!r}")
         self.name = name
         self.capacity = capacity
+        self.overflow = overflow
+        # unbounded is a limit nothing reaches, so the hot path compares ints only
+        self._limit = sys.maxsize if capacity is None else capacity
         self._chunks: deque[list[Any]] = deque()
         self.items = 0
         self.peak = 0
         self.total = 0
+        self.dropped = 0
+        self.discarded = 0
         self._producers = producers
         self.receive_closed = False
         self._not_empty = ParkingLot()
         self._not_full = ParkingLot()
+        #: lots of fan-out routers (``balance``) waiting for room on any of several edges
+        self.watchers: list[ParkingLot] = []
 
     @property
     def send_closed(self) -> bool:
         return self._producers <= 0
 
     async def put(self, chunk: list[Any]) -> None:
-        """Queue ``chunk``; yields only while the edge is full."""
+        """Queue ``chunk`` (the edge owns it from now on) under the overflow policy.
+
+        Yields only while a ``BLOCK`` edge is full; the other policies never yield.
+        Raises ``DownstreamClosed`` once the receive side is closed, and
+        ``EdgeOverflowError`` when a ``FAIL`` edge cannot take the whole chunk. An empty
+        chunk is not queued. Cancelled while parked: nothing of the chunk was queued.
+        """
+        if self.overflow is not _BLOCK:
+            self._offer(chunk)
+            return
         while True:
             if self.receive_closed:
                 raise DownstreamClosed
             items = self.items
-            if items == 0 or items + len(chunk) <= self.capacity:
+            if items == 0 or items + len(chunk) <= self._limit:
                 break
             await self._not_full.park()
+        n = len(chunk)
+        if not n:
+            return  # a queued [] would be received as a chunk with no item
         self._chunks.append(chunk)
-        items += len(chunk)
+        items += n
         self.items = items
-        self.total += len(chunk)
+        self.total += n
         if items > self.peak:
             self.peak = items
         if self._not_empty:
             self._not_empty.unpark()
 
+    def _offer(self, chunk: list[Any]) -> None:
+        """``put`` for the policies that never wait: apply the policy synchronously."""
+        if self.receive_closed:
+            raise DownstreamClosed
+        n = len(chunk)
+        if not n:
+            return
+        chunks = self._chunks
+        depth = self.items
+        limit = self._limit
+        overflow = self.overflow
+        if overflow is _KEEP_LATEST:
+            chunks.clear()
+            chunks.append([chunk[-1]])
+            new_depth = 1
+        elif depth + n <= limit:
+            chunks.append(chunk)
+            new_depth = depth + n
+        elif overflow is _DROP_NEWEST:
+            room = limit - depth
+            if room > 0:
+                chunks.append(chunk[:room])
+            new_depth = limit
+        elif overflow is _DROP_OLDEST:
+            if n >= limit:
+                chunks.clear()
+                chunks.append(chunk[n - limit :])
+            else:
+                excess = depth + n - limit
+                while excess:
+                    front = chunks[0]
+                    if len(front) <= excess:
+                        chunks.popleft()
+                        excess -= len(front)
+                    else:
+                        del front[:excess]  # queued chunks belong to the edge
+                        excess = 0
+                chunks.append(chunk)
+            new_depth = limit
+        else:
+            assert overflow is _FAIL
+            assert self.capacity is not None  # an unbounded edge always has room
+            raise EdgeOverflowError(self.name, self.capacity, depth, n)
+        self.items = new_depth
+        accepted = new_depth - depth
+        self.total += accepted
+        self.dropped += n - accepted
+        if new_depth > self.peak:
+            self.peak = new_depth
+        if self._not_empty:
+            self._not_empty.unpark()
+
     async def receive(self, max_items: int) -> list[Any] | None:
         """Take what is waiting (at least one chunk, up to ``max_items`` items when chunks
-        can be merged), waiting if nothing is. ``None`` means the stream ended."""
+        can be merged), waiting if nothing is. ``None`` means the stream ended.
+
+        Passes through exactly one checkpoint. Cancelled: nothing was taken.
+        """
         await checkpoint_if_cancelled()
         while True:
             chunks = self._chunks
@@ -98,6 +226,8 @@ class Edge:
                 self.items -= n
                 if self._not_full:
                     self._not_full.unpark_all()
+                for lot in self.watchers:
+                    lot.unpark_all()
                 await cancel_shielded_checkpoint()
                 return chunk
             if self._producers <= 0 or self.receive_closed:
@@ -113,10 +243,14 @@ class Edge:
                 self._not_empty.unpark_all()
 
     def close_receive(self) -> None:
-        """The consumer is gone: drop what is queued and make producers stop."""
+        """The consumer is gone: discard what is queued (counted in ``discarded``, not in
+        ``dropped``) and make producers stop."""
         if not self.receive_closed:
             self.receive_closed = True
+            self.discarded += self.items
             self._chunks.clear()
             self.items = 0
             self._not_full.unpark_all()
             self._not_empty.unpark_all()
+            for lot in self.watchers:
+                lot.unpark_all()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import reprlib
 
-__all__ = ["DefinitionError", "DefinitionTypeError", "DefinitionValueError", "TrioflowError"]
+__all__ = [
+    "DefinitionError",
+    "DefinitionTypeError",
+    "DefinitionValueError",
+    "TrioflowError",
+    "UnroutableError",
+]
 
 
 class TrioflowError(Exception):
@@ -25,6 +31,10 @@ class DefinitionValueError(DefinitionError, ValueError):
 
 class DefinitionTypeError(DefinitionError, TypeError):
     """An argument has the wrong type; the message names the argument."""
+
+
+class UnroutableError(TrioflowError, LookupError):
+    """A ``route`` got an item whose key matches no branch, and it has no default branch."""
 
 
 _short = reprlib.Repr()

@@ -1,52 +1,125 @@
-"""Planning: turn a definition into segments (tasks) and edges. Pure and deterministic.
+"""Planning: turn a definition (a linear flow or a graph) into segments and edges. Pure
+and deterministic.
 
 Rules:
 
-* The source opens segment 0.
-* An *inline* stage (synchronous, one call per item, e.g. ``map`` of a plain function,
-  ``take``, ``batch`` without a timeout) is fused into the segment before it: it costs a
-  function call per chunk instead of a channel hop per item.
-* Any other stage (async calls, worker pools, timers, user continuous stages) starts a new
-  segment, fed by an edge whose capacity is the stage's ``buffer`` or the run's default.
-* The sink is fused like a stage when it is inline; otherwise it heads its own segment.
+* A *segment* is what one task runs: a head followed by fused inline ops, ending in a
+  sink, an edge, or a fan-out router.
+* Heads: a source; a non-inline stage (async calls, worker pools, timers, ``continuous``);
+  a ``merge`` (reads one edge that several producers write); a ``zip`` (reads one edge per
+  input); or a *pass head* that reads an edge and hands chunks to fused ops (used when an
+  inline stage cannot be fused into its producer, e.g. right after a fan-out).
+* An inline stage (synchronous, e.g. ``map`` of a plain function, ``take``, ``batch``
+  without a timeout, a plain-function sink) is fused into its producer's segment when the
+  producer is a plain node with no other consumer and is still the segment's last node.
+* A fan-out junction (``broadcast``, ``route``, ``balance``) becomes the *output router*
+  of its producer's segment (no task of its own); each of its consumers gets an edge.
+* A ``merge`` is one edge with several producers; it completes when all of them have.
+* Edges get the consumer's ``buffer`` (or the run's default) as capacity, in items.
 * Every node gets a unique name: the user's ``name=`` or the operator's name, with
   ``_2``, ``_3`` ... appended to repeats.
+
+Validation (raised as ``DefinitionValueError`` naming the nodes): a node whose input is
+not an earlier node (a cycle or a foreign node), a plain node with two consumers (fan-out
+must be explicit), a node whose output goes nowhere, and ports that do not fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import attrs
 
-from ._stage import Lifecycle, Sink, Source, Stage
+from ._errors import DefinitionValueError
+from ._stage import Junction, Lifecycle, MergeSpec, RouteSpec, Sink, Source, Stage, ZipSpec
+
+AnySpec = Source[Any] | Stage[Any, Any] | Sink[Any, Any] | Junction
+
+
+class _DefaultPort:
+    """The port of a route that takes the items whose key matches no other port."""
+
+    _instance: _DefaultPort | None = None
+
+    def __new__(cls) -> _DefaultPort:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: The route port for unmatched keys.
+DEFAULT = _DefaultPort()
+
+
+@attrs.frozen(kw_only=True)
+class GraphNode:
+    """Planner input: a spec and its inputs as (producer index, port) pairs."""
+
+    spec: AnySpec
+    inputs: tuple[tuple[int, Hashable | None], ...] = ()
 
 
 @attrs.frozen(kw_only=True)
 class PlanNode:
-    """One source, stage or sink of a plan."""
+    """One source, stage, junction or sink of a plan."""
 
     name: str
     operator: str
     lifecycle: Lifecycle
     fused: bool
-    spec: Source[Any] | Stage[Any, Any] | Sink[Any, Any] = attrs.field(repr=False, eq=False)
+    spec: AnySpec = attrs.field(repr=False, eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class PlanEdge:
+    """A bounded queue between segments. ``producers`` outlets write it (several for a
+    ``merge``); it ends when all of them have closed it."""
+
+    index: int
+    name: str
+    capacity: int
+    producers: int
+
+
+@attrs.frozen(kw_only=True)
+class PlanOutput:
+    """Where a segment's items go: nowhere (it ends in a sink), one edge, or a fan-out
+    router (``junction``) with one edge per consumer (``ports`` holds a route's keys)."""
+
+    junction: PlanNode | None = None
+    edges: tuple[int, ...] = ()
+    ports: tuple[Hashable, ...] = ()
+    to_caller: bool = False
 
 
 @attrs.frozen(kw_only=True)
 class PlanSegment:
-    """Nodes that run in one task (or one worker pool): a head and the inline ops fused
-    after it. ``input_capacity`` is the capacity of the edge feeding it (``None`` for the
-    source segment)."""
+    """Nodes that run in one task (or one worker pool)."""
 
     index: int
+    #: Head first (unless ``pass_head``), then the fused ops.
     nodes: tuple[PlanNode, ...]
+    #: The segment starts by reading its input edge; every node in ``nodes`` is fused.
+    pass_head: bool
+    #: Indices of the input edges (several for ``zip``).
+    inputs: tuple[int, ...]
+    #: Capacity of the first input edge (``None`` for a source segment).
     input_capacity: int | None
+    output: PlanOutput
 
     @property
     def head(self) -> PlanNode:
-        return self.nodes[0]
+        return self.nodes[0] if self.nodes else self.output.junction  # type: ignore[return-value]
+
+    @property
+    def label(self) -> str:
+        return (self.nodes[0].name if self.nodes else
+                self.output.junction.name if self.output.junction else f"segment{self.index}")
 
 
 @attrs.frozen(kw_only=True)
@@ -55,41 +128,78 @@ class Plan:
     ``to_dot()`` export it."""
 
     segments: tuple[PlanSegment, ...]
+    edges: tuple[PlanEdge, ...]
     chunk_size: int
-    #: ``True`` when the last segment feeds an edge read by the caller (``Flow.open``).
+    #: ``True`` when a segment feeds an edge read by the caller (``Flow.open``).
     open_end: bool
 
     @property
     def nodes(self) -> tuple[PlanNode, ...]:
-        return tuple(n for s in self.segments for n in s.nodes)
+        out: list[PlanNode] = []
+        for s in self.segments:
+            out.extend(s.nodes)
+            if s.output.junction is not None:
+                out.append(s.output.junction)
+        return tuple(out)
+
+    @property
+    def sinks(self) -> tuple[PlanNode, ...]:
+        return tuple(n for n in self.nodes if isinstance(n.spec, Sink))
 
     def __str__(self) -> str:
-        lines = [f"plan: {len(self.segments)} task group(s), chunks of up to {self.chunk_size}"]
+        lines = [f"plan: {len(self.segments)} task group(s), {len(self.edges)} edge(s), "
+                 f"chunks of up to {self.chunk_size}"]
         for seg in self.segments:
-            if seg.input_capacity is not None:
-                lines.append(f"  ~~ edge (capacity {seg.input_capacity} items) ~~>")
+            ins = ", ".join(f"{self.edges[i].name} (capacity {self.edges[i].capacity})"
+                            for i in seg.inputs)
             names = " -> ".join(f"{n.name}[{n.operator}]" for n in seg.nodes)
-            lines.append(f"  segment {seg.index} ({seg.head.lifecycle.value}): {names}")
-        if self.open_end:
-            lines.append("  ~~> caller")
+            if seg.pass_head:
+                names = "(read) -> " + names if names else "(read)"
+            if seg.output.junction is not None:
+                j = seg.output.junction
+                names += f" => {j.name}[{j.operator}]"
+            lifecycle = seg.head.lifecycle.value if seg.nodes or seg.output.junction else "continuous"
+            lines.append(f"  segment {seg.index} ({lifecycle}): {names}")
+            if ins:
+                lines.append(f"      in: {ins}")
+            if seg.output.to_caller:
+                lines.append("      out: the caller")
         return "\n".join(lines)
+
+    def _graph_edges(self) -> list[tuple[str, str, str]]:
+        """(from node, to node, label) for every connection, fused or not."""
+        producer_of: dict[int, list[str]] = {}
+        for seg in self.segments:
+            last = seg.output.junction or (seg.nodes[-1] if seg.nodes else None)
+            if last is not None:
+                for e in seg.output.edges:
+                    producer_of.setdefault(e, []).append(last.name)
+        out: list[tuple[str, str, str]] = []
+        for seg in self.segments:
+            nodes = list(seg.nodes)
+            if seg.output.junction is not None:
+                nodes.append(seg.output.junction)
+            if nodes:
+                for e in seg.inputs:
+                    for p in producer_of.get(e, []):
+                        out.append((p, nodes[0].name, str(self.edges[e].capacity)))
+            for a, b in itertools.pairwise(nodes):
+                out.append((a.name, b.name, ""))
+        return out
 
     def to_mermaid(self) -> str:
         """A Mermaid flowchart: one subgraph per segment (task), edges between nodes."""
         out = ["flowchart LR"]
         ids = {n.name: f"n{i}" for i, n in enumerate(self.nodes)}
         for seg in self.segments:
-            out.append(f'  subgraph s{seg.index}["segment {seg.index} ({seg.head.lifecycle.value})"]')
-            for n in seg.nodes:
+            nodes = [*seg.nodes, *([seg.output.junction] if seg.output.junction else [])]
+            out.append(f'  subgraph s{seg.index}["segment {seg.index}"]')
+            for n in nodes:
                 out.append(f'    {ids[n.name]}["{_esc(n.name)}: {n.operator}"]')
             out.append("  end")
-        prev: PlanNode | None = None
-        for seg in self.segments:
-            for i, n in enumerate(seg.nodes):
-                if prev is not None:
-                    arrow = "-->" if i else f"-- {seg.input_capacity} -->"
-                    out.append(f"  {ids[prev.name]} {arrow} {ids[n.name]}")
-                prev = n
+        for a, b, label in self._graph_edges():
+            arrow = f"-- {label} -->" if label else "-->"
+            out.append(f"  {ids[a]} {arrow} {ids[b]}")
         return "\n".join(out)
 
     def to_dot(self) -> str:
@@ -97,18 +207,15 @@ class Plan:
         out = ["digraph trioflow {", "  rankdir=LR;"]
         ids = {n.name: f"n{i}" for i, n in enumerate(self.nodes)}
         for seg in self.segments:
+            nodes = [*seg.nodes, *([seg.output.junction] if seg.output.junction else [])]
             out.append(f"  subgraph cluster_{seg.index} {{")
-            out.append(f'    label="segment {seg.index} ({seg.head.lifecycle.value})";')
-            for n in seg.nodes:
+            out.append(f'    label="segment {seg.index}";')
+            for n in nodes:
                 out.append(f'    {ids[n.name]} [label="{_esc(n.name)}\\n{n.operator}"];')
             out.append("  }")
-        prev: PlanNode | None = None
-        for seg in self.segments:
-            for i, n in enumerate(seg.nodes):
-                if prev is not None:
-                    label = "" if i else f' [label="{seg.input_capacity}"]'
-                    out.append(f"  {ids[prev.name]} -> {ids[n.name]}{label};")
-                prev = n
+        for a, b, label in self._graph_edges():
+            attr = f' [label="{label}"]' if label else ""
+            out.append(f"  {ids[a]} -> {ids[b]}{attr};")
         out.append("}")
         return "\n".join(out)
 
@@ -117,7 +224,7 @@ def _esc(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def unique_names(specs: Sequence[Source[Any] | Stage[Any, Any] | Sink[Any, Any]]) -> list[str]:
+def unique_names(specs: Sequence[AnySpec]) -> list[str]:
     """Explicit names stay as given (they are checked for uniqueness at definition time);
     default names get ``_2``, ``_3`` ... on repeats, skipping names already taken."""
     taken = {s.name for s in specs if s.name is not None}
@@ -140,6 +247,194 @@ def unique_names(specs: Sequence[Source[Any] | Stage[Any, Any] | Sink[Any, Any]]
     return names
 
 
+def _is_fan_out(spec: AnySpec) -> bool:
+    return isinstance(spec, Junction) and spec.fan_out
+
+
+class _Seg:
+    def __init__(self, index: int, pass_head: bool) -> None:
+        self.index = index
+        self.pass_head = pass_head
+        self.nodes: list[int] = []
+        self.junction: int | None = None
+        self.inputs: list[int] = []  # edge indices
+        self.out_edges: list[int] = []
+        self.out_ports: list[Hashable] = []
+        self.to_caller = False
+        self.closed = False  # has an output router or a consumer in another segment
+
+    @property
+    def last(self) -> int | None:
+        return self.nodes[-1] if self.nodes else None
+
+
+def plan_graph(
+    gnodes: Sequence[GraphNode],
+    *,
+    chunk_size: int,
+    buffer: int,
+    open_end: int | None = None,
+) -> Plan:
+    """Plan a graph whose nodes are in topological order (each input is an earlier node).
+    ``open_end`` is the index of the node whose output goes to the caller."""
+    names = unique_names([g.spec for g in gnodes])
+    consumers: list[list[tuple[int, int, Hashable | None]]] = [[] for _ in gnodes]
+    for ci, g in enumerate(gnodes):
+        spec = g.spec
+        if isinstance(spec, Source):
+            if g.inputs:
+                raise DefinitionValueError(f"source {names[ci]!r} cannot have inputs")
+        elif isinstance(spec, MergeSpec | ZipSpec):
+            if len(g.inputs) < 1 or (isinstance(spec, ZipSpec) and len(g.inputs) < 2):
+                raise DefinitionValueError(f"{spec.operator} {names[ci]!r} needs more inputs")
+        elif len(g.inputs) != 1:
+            raise DefinitionValueError(f"node {names[ci]!r} must have exactly one input")
+        for pos, (pi, port) in enumerate(g.inputs):
+            if not 0 <= pi < ci:
+                raise DefinitionValueError(
+                    f"node {names[ci]!r} reads from a node that is not defined before it "
+                    f"(index {pi}): the graph would have a cycle or a dangling input"
+                )
+            producer = gnodes[pi].spec
+            if isinstance(producer, Sink):
+                raise DefinitionValueError(
+                    f"sink {names[pi]!r} has no output, but {names[ci]!r} reads from it"
+                )
+            if isinstance(producer, RouteSpec) != (port is not None):
+                raise DefinitionValueError(
+                    f"{names[ci]!r} must read from a route through one of its ports "
+                    f"(route[key] or route.default), and from other nodes directly"
+                )
+            consumers[pi].append((ci, pos, port))
+    for pi, cs in enumerate(consumers):
+        spec = gnodes[pi].spec
+        if not cs and not isinstance(spec, Sink) and pi != open_end:
+            raise DefinitionValueError(
+                f"the output of {names[pi]!r} goes nowhere: connect it to a stage or end it with a sink"
+            )
+        if len(cs) > 1 and not _is_fan_out(spec):
+            targets = ", ".join(repr(names[c]) for c, _, _ in cs)
+            raise DefinitionValueError(
+                f"{names[pi]!r} feeds {targets}: put a broadcast, route or balance between them"
+            )
+        if isinstance(spec, RouteSpec):
+            ports = [p for _, _, p in cs]
+            dup = {p for p in ports if ports.count(p) > 1}
+            if dup:
+                raise DefinitionValueError(
+                    f"route {names[pi]!r} has more than one consumer on port(s) {sorted(map(repr, dup))}"
+                )
+
+    segs: list[_Seg] = []
+    seg_of: dict[int, int] = {}
+    # (consumer segment, input slot) waiting for an edge: filled after segmentation
+    wanted: list[tuple[int, int, int, Hashable | None]] = []  # (seg, producer node, consumer node, port)
+
+    def new_seg(pass_head: bool) -> _Seg:
+        s = _Seg(len(segs), pass_head)
+        segs.append(s)
+        return s
+
+    for ci, g in enumerate(gnodes):
+        spec = g.spec
+        if isinstance(spec, Source):
+            s = new_seg(False)
+            s.nodes.append(ci)
+            seg_of[ci] = s.index
+            continue
+        if isinstance(spec, MergeSpec | ZipSpec):
+            s = new_seg(False)
+            s.nodes.append(ci)
+            seg_of[ci] = s.index
+            for pi, port in g.inputs:
+                wanted.append((s.index, pi, ci, port))
+            continue
+        pi, port = g.inputs[0]
+        producer = gnodes[pi].spec
+        fusable_after = (
+            not _is_fan_out(producer)
+            and len(consumers[pi]) == 1
+            and segs[seg_of[pi]].last == pi
+            and not segs[seg_of[pi]].closed
+        )
+        if _is_fan_out(spec):
+            if fusable_after:
+                s = segs[seg_of[pi]]
+            else:
+                s = new_seg(True)
+                wanted.append((s.index, pi, ci, port))
+            s.junction = ci
+            s.closed = True
+            seg_of[ci] = s.index
+            continue
+        assert isinstance(spec, Stage | Sink)
+        if spec.inline and fusable_after:
+            s = segs[seg_of[pi]]
+            s.nodes.append(ci)
+        else:
+            s = new_seg(spec.inline)
+            s.nodes.append(ci)
+            wanted.append((s.index, pi, ci, port))
+            segs[seg_of[pi]].closed = True
+        seg_of[ci] = s.index
+
+    # edges: one per consumer input, except a merge's inputs, which share one edge
+    edges: list[PlanEdge] = []
+    merge_edge: dict[int, int] = {}
+
+    def capacity_for(node: int) -> int:
+        spec = gnodes[node].spec
+        b = getattr(spec, "buffer", None)
+        return b if isinstance(b, int) else buffer
+
+    def outlet_segment(pi: int) -> _Seg:
+        return segs[seg_of[pi]]
+
+    for seg_index, pi, ci, port in wanted:
+        cspec = gnodes[ci].spec
+        if isinstance(cspec, MergeSpec):
+            if ci not in merge_edge:
+                merge_edge[ci] = len(edges)
+                edges.append(PlanEdge(index=len(edges), name=f"-> {names[ci]}",
+                                      capacity=capacity_for(ci), producers=len(gnodes[ci].inputs)))
+                segs[seg_index].inputs.append(merge_edge[ci])
+            e = merge_edge[ci]
+        else:
+            e = len(edges)
+            edges.append(PlanEdge(index=e, name=f"{names[pi]} -> {names[ci]}",
+                                  capacity=capacity_for(ci), producers=1))
+            segs[seg_index].inputs.append(e)
+        src = outlet_segment(pi)
+        src.out_edges.append(e)
+        if src.junction is not None:
+            src.out_ports.append(port if port is not None else ci)
+    if open_end is not None:
+        s = segs[seg_of[open_end]]
+        e = len(edges)
+        edges.append(PlanEdge(index=e, name=f"{names[open_end]} -> caller",
+                              capacity=2 * chunk_size, producers=1))
+        s.out_edges.append(e)
+        s.to_caller = True
+
+    def pnode(i: int, fused: bool) -> PlanNode:
+        spec = gnodes[i].spec
+        return PlanNode(name=names[i], operator=spec.operator, lifecycle=spec.lifecycle,
+                        fused=fused, spec=spec)
+
+    plan_segments = []
+    for s in segs:
+        nodes = tuple(pnode(n, s.pass_head or k > 0) for k, n in enumerate(s.nodes))
+        junction = pnode(s.junction, True) if s.junction is not None else None
+        plan_segments.append(PlanSegment(
+            index=s.index, nodes=nodes, pass_head=s.pass_head, inputs=tuple(s.inputs),
+            input_capacity=edges[s.inputs[0]].capacity if s.inputs else None,
+            output=PlanOutput(junction=junction, edges=tuple(s.out_edges),
+                              ports=tuple(s.out_ports), to_caller=s.to_caller),
+        ))
+    return Plan(segments=tuple(plan_segments), edges=tuple(edges), chunk_size=chunk_size,
+                open_end=open_end is not None)
+
+
 def plan(
     source: Source[Any],
     stages: Sequence[Stage[Any, Any]],
@@ -149,26 +444,10 @@ def plan(
     buffer: int,
     open_end: bool = False,
 ) -> Plan:
-    specs: list[Source[Any] | Stage[Any, Any] | Sink[Any, Any]] = [source, *stages]
-    if sink is not None:
-        specs.append(sink)
-    names = unique_names(specs)
-    segments: list[PlanSegment] = []
-    current: list[PlanNode] = [
-        PlanNode(name=names[0], operator=source.operator, lifecycle=source.lifecycle,
-                 fused=False, spec=source)
-    ]
-    capacity: int | None = None
-    for name, spec in zip(names[1:], specs[1:], strict=True):
-        assert isinstance(spec, Stage | Sink)
-        if spec.inline:
-            current.append(PlanNode(name=name, operator=spec.operator, lifecycle=spec.lifecycle,
-                                    fused=True, spec=spec))
-            continue
-        segments.append(PlanSegment(index=len(segments), nodes=tuple(current),
-                                    input_capacity=capacity))
-        capacity = spec.buffer if spec.buffer is not None else buffer
-        current = [PlanNode(name=name, operator=spec.operator, lifecycle=spec.lifecycle,
-                            fused=False, spec=spec)]
-    segments.append(PlanSegment(index=len(segments), nodes=tuple(current), input_capacity=capacity))
-    return Plan(segments=tuple(segments), chunk_size=chunk_size, open_end=open_end)
+    """Plan a linear flow: the graph source -> stages -> sink."""
+    gnodes = [GraphNode(spec=source)]
+    rest: list[AnySpec] = [*stages, *([sink] if sink is not None else [])]
+    for spec in rest:
+        gnodes.append(GraphNode(spec=spec, inputs=((len(gnodes) - 1, None),)))
+    return plan_graph(gnodes, chunk_size=chunk_size, buffer=buffer,
+                      open_end=len(gnodes) - 1 if open_end else None)

@@ -33,14 +33,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from typing import Any, Generic, TypeVar, final
+from typing import Any, Generic, NoReturn, TypeVar, final
 
 import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._callables import CallKind
 from ._edge import DownstreamClosed, Edge
-from ._errors import annotate
+from ._errors import UnroutableError, annotate
 from ._ops import (
     Batcher,
     BatchOp,
@@ -59,10 +59,12 @@ from ._ops import (
     TakeWhileOp,
     TapOp,
 )
-from ._plan import Plan, PlanNode, PlanSegment
+from ._plan import DEFAULT, Plan, PlanNode, PlanSegment
 from ._stage import (
     AsyncIterableSource,
+    BalanceSpec,
     BatchStage,
+    BroadcastSpec,
     ChannelSource,
     ContinuousStage,
     DiscardSink,
@@ -72,16 +74,20 @@ from ._stage import (
     IterableSource,
     ListSink,
     MapStage,
+    MergeSpec,
     OnDemandStage,
     PeriodicSource,
     PersistentStage,
     ReduceSink,
+    RouteSpec,
     ScanStage,
+    Sink,
     SkipStage,
     TakeStage,
     TakeWhileStage,
     TapStage,
     TaskSource,
+    ZipSpec,
 )
 from ._stats import EdgeStatistics, RunState, RunStatistics, StageStatistics
 
@@ -141,8 +147,8 @@ class Head:
 
     operator = "head"
 
-    def __init__(self, node: PlanNode) -> None:
-        self.name = node.name
+    def __init__(self, node: PlanNode | None, name: str = "") -> None:
+        self.name: str = name if node is None else node.name
         self.node = node
         self.n_in = 0
         self.n_out = 0
@@ -733,6 +739,191 @@ async def _call_any(target: Any, item: Any) -> Any:
     return result
 
 
+class PassHead(Head):
+    """Reads the segment's input edge and hands each chunk to the fused ops. Used for a
+    ``merge`` (an edge with several producers) and for inline stages that could not be
+    fused into their producer (right after a fan-out, say)."""
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        assert seg.inp is not None
+        inp = seg.inp
+        size = seg.chunk_size
+        emit = seg.emit
+        while True:
+            chunk = await inp.receive(size)
+            if chunk is None:
+                return
+            self.n_in += len(chunk)
+            self.n_out += len(chunk)
+            await emit(chunk)
+
+
+class ZipHead(Head):
+    """Pairs items by position across its inputs: emits ``(a_i, b_i, ...)``; completes
+    when any input completes (the other inputs are then stopped)."""
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        inputs = seg.inputs
+        size = seg.chunk_size
+        bufs: list[deque[Any]] = [deque() for _ in inputs]
+        while True:
+            for edge, buf in zip(inputs, bufs, strict=True):
+                if not buf:
+                    chunk = await edge.receive(size)
+                    if chunk is None:
+                        return
+                    self.n_in += len(chunk)
+                    buf.extend(chunk)
+            n = min(len(b) for b in bufs)
+            out = [tuple(b.popleft() for b in bufs) for _ in range(n)]
+            self.n_out += n
+            await seg.emit(out)
+
+
+class Router:
+    """The output of a segment that ends in a fan-out junction: decides, per chunk, which
+    edges get which items. Shares ``put``/``close_send`` with ``Edge``."""
+
+    def __init__(self, node: PlanNode, edges: list[Edge]) -> None:
+        self.node = node
+        self.edges = edges
+        self.live = list(edges)
+        self.n_in = 0
+        self.n_out = 0
+        self.errors = 0
+
+    async def put(self, chunk: list[Any]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close_send(self) -> None:
+        for edge in self.edges:
+            edge.close_send()
+
+    def _dead(self, edge: Edge) -> None:
+        if edge in self.live:
+            self.live.remove(edge)
+        if not self.live:
+            raise DownstreamClosed
+
+
+class BroadcastRouter(Router):
+    """Every item to every live branch, each through its own bounded edge: the slowest
+    branch sets the pace; a branch that stopped (``take``) is skipped from then on."""
+
+    async def put(self, chunk: list[Any]) -> None:
+        self.n_in += len(chunk)
+        for edge in list(self.live):
+            try:
+                # each branch owns its chunk: consumers may extend chunks in place
+                await edge.put(chunk if edge is self.live[-1] else list(chunk))
+                self.n_out += len(chunk)
+            except DownstreamClosed:
+                self._dead(edge)
+
+
+class BalanceRouter(Router):
+    """Each item to one branch: the chunk goes to the branches with the most room first,
+    split to fit; when every branch is full it waits for the first one to drain."""
+
+    def __init__(self, node: PlanNode, edges: list[Edge]) -> None:
+        super().__init__(node, edges)
+        self._space = trio.lowlevel.ParkingLot()
+        for edge in edges:
+            edge.watchers.append(self._space)
+
+    async def put(self, chunk: list[Any]) -> None:
+        self.n_in += len(chunk)
+        while chunk:
+            for edge in list(self.live):
+                if edge.receive_closed:
+                    self._dead(edge)
+            best = max(self.live, key=_room)
+            room = _room(best)
+            if room <= 0 and best.items:
+                await self._space.park()
+                continue
+            part, chunk = (chunk, []) if room >= len(chunk) else (chunk[:room], chunk[room:])
+            try:
+                await best.put(part)
+                self.n_out += len(part)
+            except DownstreamClosed:
+                chunk = part + chunk
+                self._dead(best)
+
+
+class RouteRouter(Router):
+    """Each item to the branch named by ``key(item)``; unmatched keys go to the default
+    branch, or fail the run with ``UnroutableError`` when there is none. Items for a branch
+    that stopped are dropped."""
+
+    def __init__(self, node: PlanNode, edges: list[Edge], ports: tuple[Any, ...]) -> None:
+        super().__init__(node, edges)
+        spec = node.spec
+        assert isinstance(spec, RouteSpec)
+        self.key = spec.key
+        self.by_key: dict[Any, Edge] = {}
+        self.default: Edge | None = None
+        for port, edge in zip(ports, edges, strict=True):
+            if port is DEFAULT:
+                self.default = edge
+            else:
+                self.by_key[port] = edge
+
+    def _unroutable(self, key: object) -> NoReturn:
+        raise UnroutableError(
+            f"route {self.node.name!r}: no branch for key {key!r} and no default branch"
+        )
+
+    async def put(self, chunk: list[Any]) -> None:
+        self.n_in += len(chunk)
+        parts: dict[int, tuple[Edge, list[Any]]] = {}
+        key = self.key
+        by_key = self.by_key
+        item = None
+        try:
+            for item in chunk:
+                edge = by_key.get(key(item), self.default)
+                if edge is None:
+                    self._unroutable(key(item))
+                slot = parts.get(id(edge))
+                if slot is None:
+                    parts[id(edge)] = (edge, [item])
+                else:
+                    slot[1].append(item)
+        except Exception as exc:
+            self.errors += 1
+            annotate(exc, self.node.name, item)
+            raise
+        for edge, items in parts.values():
+            if edge.receive_closed:
+                self._dead(edge)
+                continue
+            try:
+                await edge.put(items)
+                self.n_out += len(items)
+            except DownstreamClosed:
+                self._dead(edge)
+
+
+def _room(edge: Edge) -> int:
+    return (edge.capacity if edge.capacity is not None else 1 << 62) - edge.items
+
+
+def _make_router(node: PlanNode, edges: list[Edge], ports: tuple[Any, ...]) -> Router:
+    spec = node.spec
+    if isinstance(spec, BroadcastSpec):
+        return BroadcastRouter(node, edges)
+    if isinstance(spec, BalanceSpec):
+        return BalanceRouter(node, edges)
+    assert isinstance(spec, RouteSpec)
+    return RouteRouter(node, edges, ports)
+
+
+Output = Edge | Router
+
+
 # -- segments ---------------------------------------------------------------------------------
 
 
@@ -746,15 +937,16 @@ class Segment:
         plan: PlanSegment,
         head: Head,
         ops: list[Op],
-        inp: Edge | None,
-        out: Edge | None,
+        inputs: list[Edge],
+        out: Output | None,
         chunk_size: int,
     ) -> None:
         self.runner = runner
         self.plan = plan
         self.head = head
         self.ops = tuple(ops)
-        self.inp = inp
+        self.inputs = inputs
+        self.inp = inputs[0] if inputs else None
         self.out = out
         self.chunk_size = chunk_size
         self.scope = trio.CancelScope()
@@ -803,8 +995,9 @@ class Segment:
             task_status.started()
             if self.downstream_gone:
                 return
-            if self.stopped_at is not None and self.inp is not None:
-                self.inp.close_receive()  # early stop travels upstream
+            if self.stopped_at is not None:
+                for edge in self.inputs:
+                    edge.close_receive()  # early stop travels upstream
             await checkpoint_if_cancelled()  # a failed run is cancelled, not completed
             start = 0 if self.stopped_at is None else self.stopped_at + 1
             await self._flush(start)
@@ -814,8 +1007,8 @@ class Segment:
             self.runner.fail(exc)
             raise
         finally:
-            if self.inp is not None:
-                self.inp.close_receive()
+            for edge in self.inputs:
+                edge.close_receive()
             if self.out is not None:
                 self.out.close_send()
             if not self.head_ran:
@@ -937,29 +1130,42 @@ class Runner:
         self._cancel_requested = False
         self._linked: list[trio.CancelScope] = []
         self._finished = trio.Event()
-        self.edges: list[Edge] = []
+        self.edges: list[Edge] = [
+            Edge(e.name, e.capacity, e.producers) for e in plan.edges
+        ]
         self.segments: list[Segment] = []
-        prev_out: Edge | None = None
-        for i, seg_plan in enumerate(plan.segments):
-            nxt = plan.segments[i + 1] if i + 1 < len(plan.segments) else None
-            out: Edge | None = None
-            if nxt is not None:
-                assert nxt.input_capacity is not None
-                out = Edge(f"{seg_plan.nodes[-1].name} -> {nxt.head.name}", nxt.input_capacity)
-            elif plan.open_end:
-                out = Edge(f"{seg_plan.nodes[-1].name} -> caller", plan.chunk_size * 2)
-            if out is not None:
-                self.edges.append(out)
-            head = _make_head(seg_plan.head)
-            ops = [_make_op(n) for n in seg_plan.nodes[1:]]
-            self.segments.append(
-                Segment(self, seg_plan, head, ops, prev_out, out, plan.chunk_size)
-            )
-            prev_out = out
+        self.routers: list[Router] = []
+        self._output: Edge | None = None
+        for seg_plan in plan.segments:
+            out_edges = [self.edges[i] for i in seg_plan.output.edges]
+            out: Output | None = None
+            if seg_plan.output.junction is not None:
+                out = _make_router(seg_plan.output.junction, out_edges, seg_plan.output.ports)
+                self.routers.append(out)
+            elif out_edges:
+                (out,) = out_edges
+            if seg_plan.output.to_caller:
+                self._output = out_edges[-1]
+            if seg_plan.pass_head:
+                head: Head = PassHead(None, seg_plan.label)
+                op_nodes = seg_plan.nodes
+            elif isinstance(seg_plan.nodes[0].spec, ZipSpec):
+                head = ZipHead(seg_plan.nodes[0])
+                op_nodes = seg_plan.nodes[1:]
+            elif isinstance(seg_plan.nodes[0].spec, MergeSpec):
+                head = PassHead(seg_plan.nodes[0])
+                op_nodes = seg_plan.nodes[1:]
+            else:
+                head = _make_head(seg_plan.nodes[0])
+                op_nodes = seg_plan.nodes[1:]
+            ops = [_make_op(n) for n in op_nodes]
+            inputs = [self.edges[i] for i in seg_plan.inputs]
+            self.segments.append(Segment(self, seg_plan, head, ops, inputs, out, plan.chunk_size))
 
     @property
     def output(self) -> Edge | None:
-        return self.segments[-1].out if self.plan.open_end else None
+        """The edge read by the caller (``Flow.open``), if any."""
+        return self._output
 
     def also_cancel(self, scope: trio.CancelScope) -> None:
         """Cancel ``scope`` as well when the run fails (used by ``Flow.open``)."""
@@ -1051,7 +1257,17 @@ class Runner:
             raise ExceptionGroup(f"trioflow run failed with {len(errors)} error(s)", errors)
 
     def result(self) -> Any:
+        """The result of the last segment's sink (linear flows have one sink)."""
         return self.segments[-1].sink_result()
+
+    def results(self) -> dict[str, Any]:
+        """Every sink's result, by sink name (graphs may have several sinks)."""
+        out: dict[str, Any] = {}
+        for seg in self.segments:
+            nodes = seg.plan.nodes
+            if nodes and isinstance(nodes[-1].spec, Sink):
+                out[nodes[-1].name] = seg.sink_result()
+        return out
 
     async def wait_finished(self) -> RunState:
         await self._finished.wait()
@@ -1061,19 +1277,28 @@ class Runner:
         stages: list[StageStatistics] = []
         for seg in self.segments:
             h = seg.head
-            stages.append(StageStatistics(
-                name=h.name, operator=h.node.operator, lifecycle=h.node.lifecycle,
-                segment=seg.plan.index, items_in=h.n_in, items_out=h.n_out, errors=h.errors,
-                in_flight=h.in_flight, workers=h.workers, waiting=h.waiting,
-            ))
-            for node, op in zip(seg.plan.nodes[1:], seg.ops, strict=True):
+            if h.node is not None:
+                stages.append(StageStatistics(
+                    name=h.name, operator=h.node.operator, lifecycle=h.node.lifecycle,
+                    segment=seg.plan.index, items_in=h.n_in, items_out=h.n_out, errors=h.errors,
+                    in_flight=h.in_flight, workers=h.workers, waiting=h.waiting,
+                ))
+            op_nodes = seg.plan.nodes if seg.plan.pass_head else seg.plan.nodes[1:]
+            for node, op in zip(op_nodes, seg.ops, strict=True):
                 stages.append(StageStatistics(
                     name=op.name, operator=node.operator, lifecycle=node.lifecycle,
                     segment=seg.plan.index, items_in=op.n_in, items_out=op.n_out,
                     errors=op.errors, in_flight=0, workers=1, waiting=0,
                 ))
+            if isinstance(seg.out, Router):
+                r = seg.out
+                stages.append(StageStatistics(
+                    name=r.node.name, operator=r.node.operator, lifecycle=r.node.lifecycle,
+                    segment=seg.plan.index, items_in=r.n_in, items_out=r.n_out, errors=r.errors,
+                    in_flight=0, workers=1, waiting=0,
+                ))
         edges = tuple(
-            EdgeStatistics(name=e.name, capacity=e.capacity, depth=e.items, peak=e.peak,
+            EdgeStatistics(name=e.name, capacity=e.capacity or 0, depth=e.items, peak=e.peak,
                            total=e.total)
             for e in self.edges
         )
@@ -1089,10 +1314,11 @@ class RunHandle(Generic[R]):
     ``result()`` gives the sink's result of a completed run.
     """
 
-    __slots__ = ("_runner",)
+    __slots__ = ("_result", "_runner")
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, result: Callable[[], R] | None = None) -> None:
         self._runner = runner
+        self._result = result
 
     def statistics(self) -> RunStatistics:
         """A frozen snapshot of every stage's counters and every edge's depth."""
@@ -1115,6 +1341,8 @@ class RunHandle(Generic[R]):
         """The sink's result of a completed run; ``RuntimeError`` if it did not complete."""
         if self._runner.state is not RunState.COMPLETED:
             raise RuntimeError(f"the run has no result: it is {self._runner.state.value}")
+        if self._result is not None:
+            return self._result()
         return self._runner.result()  # type: ignore[no-any-return]
 
 

@@ -491,3 +491,67 @@ class TaskSource(Source[T]):
         from ._callables import accepts_keyword
 
         object.__setattr__(self, "wants_status", accepts_keyword(self.fn, "task_status"))
+
+
+# -- junctions: fan-out and fan-in nodes of a graph ------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Junction:
+    """A node of a ``Graph`` that splits or joins streams (no user code per item, except a
+    route's key function). Built by ``Graph.broadcast``/``route``/``balance``/``merge``/``zip``."""
+
+    name: str | None = None
+    #: Capacity, in items, of the edge(s) feeding a fan-in junction (merge, zip).
+    buffer: int | None = None
+
+    operator: ClassVar[str] = "junction"
+    #: True for fan-out junctions (one input, several consumers).
+    fan_out: ClassVar[bool] = False
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle.CONTINUOUS
+
+    @property
+    def inline(self) -> bool:
+        return False
+
+    def __attrs_post_init__(self) -> None:
+        check_name(self.name)
+        check_optional_int("buffer", self.buffer, minimum=1)
+
+
+@attrs.frozen(kw_only=True)
+class BroadcastSpec(Junction):
+    operator: ClassVar[str] = "broadcast"
+    fan_out: ClassVar[bool] = True
+
+
+@attrs.frozen(kw_only=True)
+class BalanceSpec(Junction):
+    operator: ClassVar[str] = "balance"
+    fan_out: ClassVar[bool] = True
+
+
+@attrs.frozen(kw_only=True)
+class RouteSpec(Junction):
+    key: Callable[[Any], Any]
+
+    operator: ClassVar[str] = "route"
+    fan_out: ClassVar[bool] = True
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if classify(self.key, "key") is not CallKind.SYNC:
+            raise DefinitionTypeError(f"key of route must be a plain function, got {self.key!r}")
+
+
+@attrs.frozen(kw_only=True)
+class MergeSpec(Junction):
+    operator: ClassVar[str] = "merge"
+
+
+@attrs.frozen(kw_only=True)
+class ZipSpec(Junction):
+    operator: ClassVar[str] = "zip"
