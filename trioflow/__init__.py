@@ -88,6 +88,10 @@ from ._operators import (
 from ._operators import (
     to_list as to_list,
 )
+from ._overflow import UNBOUNDED as UNBOUNDED
+from ._overflow import EdgeOverflowError as EdgeOverflowError
+from ._overflow import Overflow as Overflow
+from ._overflow import Unbounded as Unbounded
 from ._parallel import AllOrNothing as AllOrNothing
 from ._parallel import AtLeast as AtLeast
 from ._parallel import BestEffort as BestEffort
@@ -95,12 +99,14 @@ from ._parallel import FirstK as FirstK
 from ._parallel import ParallelBlockError as ParallelBlockError
 from ._parallel import ParallelPolicy as ParallelPolicy
 from ._parallel import parallel as parallel
+from ._plan import DEFAULT as DEFAULT
 from ._plan import Plan as Plan
 from ._plan import PlanNode as PlanNode
 from ._plan import PlanSegment as PlanSegment
 from ._runner import Emit as Emit
 from ._runner import ItemStream as ItemStream
 from ._runner import RunHandle as RunHandle
+from ._stage import Adaptive as Adaptive
 from ._stage import Lifecycle as Lifecycle
 from ._stage import Sink as Sink
 from ._stage import Source as Source
@@ -121,12 +127,15 @@ from ._stats import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adaptive",
     "AllOrNothing",
     "AtLeast",
     "BestEffort",
+    "DEFAULT",
     "DefinitionError",
     "DefinitionTypeError",
     "DefinitionValueError",
+    "EdgeOverflowError",
     "EdgeStatistics",
     "Emit",
     "FirstK",
@@ -136,6 +145,7 @@ __all__ = [
     "ItemStream",
     "Lifecycle",
     "Node",
+    "Overflow",
     "ParallelBlockError",
     "ParallelPolicy",
     "Pipeline",
@@ -153,6 +163,8 @@ __all__ = [
     "Stage",
     "StageStatistics",
     "TrioflowError",
+    "UNBOUNDED",
+    "Unbounded",
     "UnroutableError",
     "batch",
     "continuous",

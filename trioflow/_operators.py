@@ -13,6 +13,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Hashable,
     Iterable,
 )
 from contextlib import AbstractAsyncContextManager
@@ -21,7 +22,9 @@ from typing import Any, TypeGuard, TypeVar, overload
 import trio
 
 from ._flow import Flow
+from ._overflow import Overflow, Unbounded
 from ._stage import (
+    Adaptive,
     AsyncIterableSource,
     BatchStage,
     ChannelSource,
@@ -132,30 +135,39 @@ def source(fn: Callable[..., Awaitable[None]], *, name: str | None = None) -> Fl
 def map(
     fn: Callable[[T], Awaitable[U]],
     *,
-    concurrency: int = 1,
+    concurrency: int | Adaptive = 1,
     ordered: bool = True,
     window: int | None = None,
+    key: Callable[[T], Hashable] | None = None,
+    per_key: int = 1,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, U]: ...
 @overload
 def map(
     fn: Callable[[T], U],
     *,
-    concurrency: int = 1,
+    concurrency: int | Adaptive = 1,
     ordered: bool = True,
     window: int | None = None,
+    key: Callable[[T], Hashable] | None = None,
+    per_key: int = 1,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, U]: ...
 def map(
     fn: Callable[[T], Any],
     *,
-    concurrency: int = 1,
+    concurrency: int | Adaptive = 1,
     ordered: bool = True,
     window: int | None = None,
+    key: Callable[[T], Hashable] | None = None,
+    per_key: int = 1,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, Any]:
     """Apply ``fn`` to every item; ``fn`` may be a plain or an async function.
 
@@ -171,27 +183,36 @@ def map(
     * completes: when the input completed and every call finished and was emitted;
     * cancelled: by the run, or when downstream stops; calls under way are cancelled;
     * on error: the exception fails the run (fail-fast), noted with stage and item.
+
+    ``concurrency=Adaptive(min=, max=, idle=)`` sizes the pool by demand (see ``Adaptive``).
+    ``key=`` makes the concurrency keyed (like Akka's ``mapAsyncPartitioned``): different
+    keys run in parallel, while items with equal keys start one after another (at most
+    ``per_key`` at once) and are handed on in their input order, also with
+    ``ordered=False``; an item waiting for its key's turn counts against the window.
     """
-    return MapStage(fn=fn, concurrency=concurrency, ordered=ordered, window=window,
-                    name=name, buffer=buffer)
+    return MapStage(fn=fn, concurrency=concurrency, ordered=ordered, window=window, key=key,
+                    per_key=per_key, name=name, buffer=buffer, overflow=overflow)
 
 
 @overload
 def filter(
-    fn: Callable[[T], TypeGuard[U]], *, name: str | None = None, buffer: int | None = None
+    fn: Callable[[T], TypeGuard[U]], *, name: str | None = None, buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, U]: ...
 @overload
 def filter(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
     *,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, T]: ...
 def filter(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
     *,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, Any]:
     """Keep the items for which ``fn(item)`` is true (plain functions are fused). A
     ``TypeGuard`` predicate narrows the item type for the rest of the chain.
@@ -202,7 +223,7 @@ def filter(
     * cancelled: by the run or when downstream stops;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return FilterStage(fn=fn, name=name, buffer=buffer)
+    return FilterStage(fn=fn, name=name, buffer=buffer, overflow=overflow)
 
 
 def flat_map(
@@ -210,7 +231,8 @@ def flat_map(
     | Callable[[T], Awaitable[Iterable[U]]],
     *,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, U]:
     """Replace each item by the items of ``fn(item)``: a function returning an iterable,
     a generator function, an async function returning an iterable, or an async generator.
@@ -221,14 +243,15 @@ def flat_map(
     * cancelled: by the run or when downstream stops; an async generator is closed;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return FlatMapStage(fn=fn, name=name, buffer=buffer)
+    return FlatMapStage(fn=fn, name=name, buffer=buffer, overflow=overflow)
 
 
 def tap(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
     *,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, T]:
     """Call ``fn(item)`` for its side effect and pass the item on unchanged.
 
@@ -238,7 +261,7 @@ def tap(
     * cancelled: by the run or when downstream stops;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return TapStage(fn=fn, name=name, buffer=buffer)
+    return TapStage(fn=fn, name=name, buffer=buffer, overflow=overflow)
 
 
 def take(count: int, *, name: str | None = None) -> Stage[T, T]:
@@ -270,7 +293,8 @@ def take_while(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
     *,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, T]:
     """Pass items on while ``fn(item)`` is true; stop at the first false one (dropped).
 
@@ -280,7 +304,7 @@ def take_while(
     * cancelled: by the run;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return TakeWhileStage(fn=fn, name=name, buffer=buffer)
+    return TakeWhileStage(fn=fn, name=name, buffer=buffer, overflow=overflow)
 
 
 def scan(
@@ -288,7 +312,8 @@ def scan(
     initial: A,
     *,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, A]:
     """Running accumulation: emits ``acc = fn(acc, item)`` after each item, starting from
     ``initial`` (which itself is not emitted), like ``itertools.accumulate(..., initial=)[1:]``.
@@ -299,7 +324,7 @@ def scan(
     * cancelled: by the run or when downstream stops;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return ScanStage(fn=fn, initial=initial, name=name, buffer=buffer)
+    return ScanStage(fn=fn, initial=initial, name=name, buffer=buffer, overflow=overflow)
 
 
 def batch(
@@ -307,7 +332,8 @@ def batch(
     *,
     timeout: float | None = None,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, list[T]]:
     """Group items into lists of up to ``size`` items.
 
@@ -323,18 +349,19 @@ def batch(
     * cancelled: by the run or when downstream stops;
     * on error: none of its own. Without ``timeout`` the stage is fused.
     """
-    return BatchStage(size=size, timeout=timeout, name=name, buffer=buffer)
+    return BatchStage(size=size, timeout=timeout, name=name, buffer=buffer, overflow=overflow)
 
 
 def persistent(
     fn: Callable[[Res, T], Awaitable[U]],
     *,
     resource: Callable[[], AbstractAsyncContextManager[Res]],
-    workers: int = 1,
+    workers: int | Adaptive = 1,
     ordered: bool = True,
     window: int | None = None,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, U]:
     """A pool of ``workers`` tasks, each owning a resource built once and reused.
 
@@ -350,7 +377,7 @@ def persistent(
     * on error: an error from ``fn`` or from building a resource fails the run.
     """
     return PersistentStage(fn=fn, resource=resource, workers=workers, ordered=ordered,
-                           window=window, name=name, buffer=buffer)
+                           window=window, name=name, buffer=buffer, overflow=overflow)
 
 
 def on_demand(
@@ -360,7 +387,8 @@ def on_demand(
     ordered: bool = True,
     window: int | None = None,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, U]:
     """A fresh task and a fresh stage instance per item, at most ``limit`` at once.
 
@@ -376,14 +404,15 @@ def on_demand(
     * on error: the exception fails the run, noted with stage and item.
     """
     return OnDemandStage(factory=factory, limit=limit, ordered=ordered, window=window,
-                         name=name, buffer=buffer)
+                         name=name, buffer=buffer, overflow=overflow)
 
 
 def continuous(
     fn: Callable[[AsyncIterator[T], Any], Awaitable[None]],
     *,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Stage[T, Any]:
     """A stage run as one long-lived task: ``await fn(items, emit)``.
 
@@ -397,7 +426,7 @@ def continuous(
     * cancelled: by the run, or when downstream stops (``emit`` raises ``trio.Cancelled``);
     * on error: the exception fails the run, noted with the stage's name.
     """
-    return ContinuousStage(fn=fn, name=name, buffer=buffer)
+    return ContinuousStage(fn=fn, name=name, buffer=buffer, overflow=overflow)
 
 
 # ------------------------------------------------------------------------------------ sinks
@@ -407,7 +436,8 @@ def sink(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
     *,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Sink[T, None]:
     """End a flow by calling ``fn(item)`` for every item; the run returns ``None``.
 
@@ -417,7 +447,7 @@ def sink(
     * cancelled: by the run;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return FnSink(fn=fn, name=name, buffer=buffer)
+    return FnSink(fn=fn, name=name, buffer=buffer, overflow=overflow)
 
 
 def to_list(*, name: str | None = None) -> Sink[T, builtins.list[T]]:
@@ -437,7 +467,8 @@ def reduce(
     initial: A,
     *,
     name: str | None = None,
-    buffer: int | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
 ) -> Sink[T, A]:
     """End a flow by folding: ``acc = fn(acc, item)`` from ``initial``; returns ``acc``.
 
@@ -447,4 +478,4 @@ def reduce(
     * cancelled: by the run;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return ReduceSink(fn=fn, initial=initial, name=name, buffer=buffer)
+    return ReduceSink(fn=fn, initial=initial, name=name, buffer=buffer, overflow=overflow)

@@ -33,6 +33,7 @@ from typing import Any
 import attrs
 
 from ._errors import DefinitionValueError
+from ._overflow import Overflow, Unbounded
 from ._stage import Junction, Lifecycle, MergeSpec, RouteSpec, Sink, Source, Stage, ZipSpec
 
 AnySpec = Source[Any] | Stage[Any, Any] | Sink[Any, Any] | Junction
@@ -82,8 +83,10 @@ class PlanEdge:
 
     index: int
     name: str
-    capacity: int
+    #: items; ``None`` for an unbounded edge (asked for with ``buffer=UNBOUNDED``)
+    capacity: int | None
     producers: int
+    overflow: Overflow = Overflow.BLOCK
 
 
 @attrs.frozen(kw_only=True)
@@ -150,8 +153,7 @@ class Plan:
         lines = [f"plan: {len(self.segments)} task group(s), {len(self.edges)} edge(s), "
                  f"chunks of up to {self.chunk_size}"]
         for seg in self.segments:
-            ins = ", ".join(f"{self.edges[i].name} (capacity {self.edges[i].capacity})"
-                            for i in seg.inputs)
+            ins = ", ".join(f"{self.edges[i].name} ({_describe(self.edges[i])})" for i in seg.inputs)
             names = " -> ".join(f"{n.name}[{n.operator}]" for n in seg.nodes)
             if seg.pass_head:
                 names = "(read) -> " + names if names else "(read)"
@@ -218,6 +220,11 @@ class Plan:
             out.append(f"  {ids[a]} -> {ids[b]}{attr};")
         out.append("}")
         return "\n".join(out)
+
+
+def _describe(edge: PlanEdge) -> str:
+    cap = "unbounded" if edge.capacity is None else f"capacity {edge.capacity}"
+    return cap if edge.overflow is Overflow.BLOCK else f"{cap}, {edge.overflow.name.lower()}"
 
 
 def _esc(text: str) -> str:
@@ -382,10 +389,26 @@ def plan_graph(
     edges: list[PlanEdge] = []
     merge_edge: dict[int, int] = {}
 
-    def capacity_for(node: int) -> int:
+    def capacity_for(node: int) -> int | None:
         spec = gnodes[node].spec
         b = getattr(spec, "buffer", None)
+        if isinstance(b, Unbounded):
+            return None
         return b if isinstance(b, int) else buffer
+
+    def overflow_for(node: int) -> Overflow:
+        spec = gnodes[node].spec
+        policy: Overflow = getattr(spec, "overflow", Overflow.BLOCK)
+        cap = capacity_for(node)
+        if policy in (Overflow.DROP_OLDEST, Overflow.DROP_NEWEST, Overflow.FAIL) and (
+            cap is not None and cap < chunk_size
+        ):
+            raise DefinitionValueError(
+                f"{names[node]!r}: overflow={policy!r} needs buffer >= chunk_size ({chunk_size}), "
+                f"got buffer={cap}: items are offered a chunk at a time, so a smaller edge would "
+                "drop or fail even with an idle consumer (raise buffer or lower chunk_size)"
+            )
+        return policy
 
     def outlet_segment(pi: int) -> _Seg:
         return segs[seg_of[pi]]
@@ -396,13 +419,14 @@ def plan_graph(
             if ci not in merge_edge:
                 merge_edge[ci] = len(edges)
                 edges.append(PlanEdge(index=len(edges), name=f"-> {names[ci]}",
-                                      capacity=capacity_for(ci), producers=len(gnodes[ci].inputs)))
+                                      capacity=capacity_for(ci), producers=len(gnodes[ci].inputs),
+                                      overflow=overflow_for(ci)))
                 segs[seg_index].inputs.append(merge_edge[ci])
             e = merge_edge[ci]
         else:
             e = len(edges)
             edges.append(PlanEdge(index=e, name=f"{names[pi]} -> {names[ci]}",
-                                  capacity=capacity_for(ci), producers=1))
+                                  capacity=capacity_for(ci), producers=1, overflow=overflow_for(ci)))
             segs[seg_index].inputs.append(e)
         src = outlet_segment(pi)
         src.out_edges.append(e)

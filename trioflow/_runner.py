@@ -61,6 +61,7 @@ from ._ops import (
 )
 from ._plan import DEFAULT, Plan, PlanNode, PlanSegment
 from ._stage import (
+    Adaptive,
     AsyncIterableSource,
     BalanceSpec,
     BatchStage,
@@ -539,12 +540,20 @@ class BatchTimerHead(Head):
 class PoolHead(Head):
     """Concurrent calls: ``map(concurrency=N)``, ``persistent`` and ``on_demand``.
 
-    The segment's task feeds items to N workers (or spawns a task per item for
+    The segment's task feeds items to the workers (or spawns a task per item for
     on-demand). At most ``limit`` items are between admission and hand-off:
     in ordered mode ``limit`` is the reorder window (in-flight calls are limited to N
     separately, finished results wait in the reorder buffer for their turn); unordered,
     ``limit`` is 2·N so a worker finds its next item ready. A worker hands its result on
     itself, without yielding when the next edge has room, and takes the next item at once.
+
+    Keyed (``map(key=...)``): an item waits in its key's queue while ``per_key`` items of
+    that key are running, so items of one key start in input order; results of one key
+    are handed on in input order (globally in input order when ``ordered``).
+
+    Adaptive (``Adaptive(min, max, idle)``): the pool starts with ``min`` workers; the
+    feeder adds one when it queues an item and no worker is idle (up to ``max``); a worker
+    idle for ``idle`` seconds exits while more than ``min`` remain.
     """
 
     def __init__(self, node: PlanNode, spec: Any) -> None:
@@ -552,20 +561,33 @@ class PoolHead(Head):
         self.spec = spec
         self.resource: Callable[[], Any] | None = None
         self.factory: Callable[[], Any] | None = None
+        self.key_fn: Callable[[Any], Any] | None = None
+        self.per_key = 1
+        size: int | Adaptive
         if isinstance(spec, MapStage):
-            self.workers = spec.concurrency
+            size = spec.concurrency
             self.fn: Callable[..., Any] = spec.fn
+            self.key_fn = spec.key
+            self.per_key = spec.per_key
         elif isinstance(spec, PersistentStage):
-            self.workers = spec.workers
+            size = spec.workers
             self.fn = spec.fn
             self.resource = spec.resource
         else:
             assert isinstance(spec, OnDemandStage)
-            self.workers = spec.limit
+            size = spec.limit
             self.factory = spec.factory
             self.fn = spec.factory
+        if isinstance(size, Adaptive):
+            self.min_workers, self.max_workers, self.idle = size.min, size.max, size.idle
+            self.adaptive = True
+        else:
+            self.min_workers = self.max_workers = size
+            self.idle = math.inf
+            self.adaptive = False
+        self.workers = 0 if self.factory is None else self.max_workers
         self.ordered: bool = spec.ordered
-        n = self.workers
+        n = self.max_workers
         self.limit = (spec.window or 2 * n) if self.ordered else 2 * n
         # the feeder, once blocked on the limit, is woken only when it can admit a run of
         # items (half the queue's headroom), not once per finished item: one scheduler
@@ -573,39 +595,55 @@ class PoolHead(Head):
         self._wake_below = self.limit - max(1, (self.limit - n) // 2)
         self._ready = 0
         self._all_ready = trio.Event()
-        self._queue: deque[tuple[int, Any]] = deque()
+        self._queue: deque[tuple[int, Any, Any]] = deque()
         self._work = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
         self._closed = False
         self._pending = 0
         self._running = 0
+        self._idle_workers = 0
         self._seq = 0
         self._next = 0
         self._results: dict[int, Any] = {}
         self._emitting = False
         self._seg: Segment | None = None
+        self._nursery: trio.Nursery | None = None
+        # keyed state: per key, items running or queued to run; items waiting their turn;
+        # and (unordered, per_key > 1) the per-key reorder buffers
+        self._key_busy: dict[Any, int] = {}
+        self._key_wait: dict[Any, deque[tuple[int, Any, Any]]] = {}
+        self._key_seq: dict[Any, int] = {}
+        self._key_next: dict[Any, int] = {}
+        self._key_results: dict[Any, dict[int, Any]] = {}
+        self._item_kseq: dict[int, int] = {}
 
     async def run(self, seg: Segment, status: _Status) -> None:
         self._seg = seg
-        runner = seg.runner
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             if self.factory is None:
                 # start all workers at once and wait once (not one nursery.start each)
-                for _ in range(self.workers):
-                    nursery.start_soon(runner.guarded, self._worker)
+                for _ in range(self.min_workers):
+                    self._spawn_worker()
                 if self.resource is not None:
                     await self._all_ready.wait()  # every worker entered its resource
             status.started()
             await self._feed(seg, nursery)
             self._closed = True
-            self._work.unpark_all()
+            self._idle_workers -= len(self._work.unpark_all())
+
+    def _spawn_worker(self) -> None:
+        assert self._nursery is not None and self._seg is not None
+        self.workers += 1
+        self._nursery.start_soon(self._seg.runner.guarded, self._worker)
 
     async def _feed(self, seg: Segment, nursery: trio.Nursery) -> None:
         assert seg.inp is not None
         inp = seg.inp
         spawn = self.factory is not None
         limit = self.limit
-        n = self.workers
+        n = self.max_workers
+        key_fn = self.key_fn
         while True:
             chunk = await inp.receive(seg.chunk_size)
             if chunk is None:
@@ -620,10 +658,52 @@ class PoolHead(Head):
                 if spawn:
                     self._running += 1
                     nursery.start_soon(seg.runner.guarded, self._one, seq, item)
+                    continue
+                if key_fn is None:
+                    self._queue.append((seq, item, None))
                 else:
-                    self._queue.append((seq, item))
-                    if self._work:
-                        self._work.unpark()
+                    self._admit_keyed(seq, item, key_fn)
+                if self._idle_workers:
+                    self._wake_one()
+                elif self.adaptive and self.workers < n and self._queue:
+                    self._spawn_worker()
+
+    def _admit_keyed(self, seq: int, item: Any, key_fn: Callable[[Any], Any]) -> None:
+        try:
+            k = key_fn(item)
+            busy = self._key_busy.get(k, 0)
+        except Exception as exc:  # an unhashable key is an error of the key function too
+            self.failed(exc, item)
+            raise
+        if not self.ordered and self.per_key > 1:
+            kseq = self._key_seq.get(k, 0)
+            self._key_seq[k] = kseq + 1
+            self._item_kseq[seq] = kseq
+        if busy < self.per_key:
+            self._key_busy[k] = busy + 1
+            self._queue.append((seq, item, k))
+        else:
+            self._key_wait.setdefault(k, deque()).append((seq, item, k))
+
+    def _release_key(self, k: Any) -> None:
+        waiting = self._key_wait.get(k)
+        if waiting:
+            self._queue.append(waiting.popleft())  # the key's slot passes to its next item
+            if not waiting:
+                del self._key_wait[k]
+            if self._idle_workers:
+                self._wake_one()
+        else:
+            busy = self._key_busy[k] - 1
+            if busy:
+                self._key_busy[k] = busy
+            else:
+                del self._key_busy[k]
+
+    def _wake_one(self) -> None:
+        # the waker, not the woken worker, takes it off the idle count: until it runs, the
+        # worker must not be counted idle, or the feeder would not grow an adaptive pool
+        self._idle_workers -= len(self._work.unpark())
 
     def _admitted_done(self, count: int) -> None:
         self._pending -= count
@@ -631,42 +711,56 @@ class PoolHead(Head):
             self._space.unpark()
 
     async def _worker(self, task_status: _Status) -> None:
-        if self.resource is None:
-            await self._work_loop(None)
-            return
         try:
-            cm = self.resource()
-            res = await cm.__aenter__()
-        except Exception as exc:
-            self.failed(exc, None, has_item=False)
-            exc.add_note(f"trioflow: while building the resource of a worker of {self.name!r}")
-            raise
-        try:
-            self._ready += 1
-            if self._ready == self.workers:
-                self._all_ready.set()
-            await self._work_loop(res)
-        except BaseException as exc:
-            # resources are closed on every exit path, shielded so cancellation cannot
-            # interrupt the close; the original error is what propagates
-            with trio.CancelScope(shield=True):
-                await cm.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        else:
-            with trio.CancelScope(shield=True):
-                await cm.__aexit__(None, None, None)
+            if self.resource is None:
+                await self._work_loop(None)
+                return
+            try:
+                cm = self.resource()
+                res = await cm.__aenter__()
+            except Exception as exc:
+                self.failed(exc, None, has_item=False)
+                exc.add_note(f"trioflow: while building the resource of a worker of {self.name!r}")
+                raise
+            try:
+                self._ready += 1
+                if self._ready == self.min_workers:
+                    self._all_ready.set()
+                await self._work_loop(res)
+            except BaseException as exc:
+                # resources are closed on every exit path, shielded so cancellation cannot
+                # interrupt the close; the original error is what propagates
+                with trio.CancelScope(shield=True):
+                    await cm.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            else:
+                with trio.CancelScope(shield=True):
+                    await cm.__aexit__(None, None, None)
+        finally:
+            self.workers -= 1
 
     async def _work_loop(self, res: Any) -> None:
         queue = self._queue
         fn = self.fn
         with_resource = self.resource is not None
+        keyed = self.key_fn is not None
         while True:
             if not queue:
                 if self._closed:
                     return
-                await self._work.park()
+                self._idle_workers += 1
+                woken = False
+                try:
+                    with trio.move_on_after(self.idle) as cs:  # idle is inf unless adaptive
+                        await self._work.park()
+                    woken = not cs.cancelled_caught
+                finally:
+                    if not woken:
+                        self._idle_workers -= 1
+                if not woken and not queue and self.workers > self.min_workers:
+                    return  # idle for `idle` seconds: shrink
                 continue
-            seq, item = queue.popleft()
+            seq, item, k = queue.popleft()
             self.in_flight += 1
             try:
                 r = await (fn(res, item) if with_resource else fn(item))
@@ -675,6 +769,11 @@ class PoolHead(Head):
                 raise
             finally:
                 self.in_flight -= 1
+            if keyed:
+                self._release_key(k)
+                if not self.ordered and self.per_key > 1:
+                    await self._deposit_keyed(seq, k, r)
+                    continue
             await self._deposit(seq, r)
 
     async def _one(self, seq: int, item: Any, task_status: _Status) -> None:
@@ -730,6 +829,33 @@ class PoolHead(Head):
                 self._admitted_done(len(batch))
         finally:
             self._emitting = False
+
+    async def _deposit_keyed(self, seq: int, k: Any, result: Any) -> None:
+        """Unordered with ``per_key > 1``: hand results on in input order within each key."""
+        seg = self._seg
+        assert seg is not None
+        kseq = self._item_kseq.pop(seq)
+        results = self._key_results.setdefault(k, {})
+        results[kseq] = result
+        self.waiting += 1
+        nxt = self._key_next.get(k, 0)
+        if kseq != nxt:
+            return  # an earlier item of this key is still running; it will hand this on
+        batch = []
+        while nxt in results:
+            batch.append(results.pop(nxt))
+            nxt += 1
+        self._key_next[k] = nxt
+        if not results:
+            del self._key_results[k]
+        if nxt == self._key_seq.get(k):  # every admitted item of the key is handed on
+            del self._key_next[k], self._key_seq[k]
+        self.waiting -= len(batch)
+        self.n_out += len(batch)
+        try:
+            await seg.emit(batch)
+        finally:
+            self._admitted_done(len(batch))
 
 
 async def _call_any(target: Any, item: Any) -> Any:
@@ -1085,7 +1211,7 @@ def _make_head(node: PlanNode) -> Head:
         return ContinuousHead(node, spec)
     if isinstance(spec, BatchStage):
         return BatchTimerHead(node, spec)
-    if isinstance(spec, MapStage) and spec.concurrency > 1:
+    if isinstance(spec, MapStage) and spec.pooled:
         return PoolHead(node, spec)
     if isinstance(spec, PersistentStage | OnDemandStage):
         return PoolHead(node, spec)
@@ -1131,7 +1257,7 @@ class Runner:
         self._linked: list[trio.CancelScope] = []
         self._finished = trio.Event()
         self.edges: list[Edge] = [
-            Edge(e.name, e.capacity, e.producers) for e in plan.edges
+            Edge(e.name, e.capacity, e.producers, e.overflow) for e in plan.edges
         ]
         self.segments: list[Segment] = []
         self.routers: list[Router] = []
@@ -1298,8 +1424,9 @@ class Runner:
                     in_flight=0, workers=1, waiting=0,
                 ))
         edges = tuple(
-            EdgeStatistics(name=e.name, capacity=e.capacity or 0, depth=e.items, peak=e.peak,
-                           total=e.total)
+            EdgeStatistics(name=e.name, capacity=e.capacity, depth=e.items, peak=e.peak,
+                           total=e.total, overflow=e.overflow, dropped=e.dropped,
+                           discarded=e.discarded)
             for e in self.edges
         )
         return RunStatistics(state=self.state, stages=tuple(stages), edges=edges)

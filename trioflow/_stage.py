@@ -18,6 +18,7 @@ import trio
 
 from ._callables import CallKind, classify
 from ._errors import DefinitionTypeError, DefinitionValueError
+from ._overflow import Overflow, Unbounded
 
 In = TypeVar("In", contravariant=True)
 Out = TypeVar("Out", covariant=True)
@@ -76,6 +77,20 @@ def check_name(value: object) -> str | None:
     return value
 
 
+def check_edge(buffer: object, overflow: object) -> None:
+    """Validate the ``buffer``/``overflow`` pair of the edge that feeds a node."""
+    if not isinstance(buffer, Unbounded):
+        check_optional_int("buffer", buffer, minimum=1)
+    if not isinstance(overflow, Overflow):
+        raise DefinitionTypeError(f"overflow must be an Overflow member, got {overflow!r}")
+    if isinstance(buffer, Unbounded) and overflow in (
+        Overflow.DROP_OLDEST, Overflow.DROP_NEWEST, Overflow.FAIL
+    ):
+        raise DefinitionValueError(
+            f"overflow={overflow!r} never applies to buffer=UNBOUNDED: choose a capacity or BLOCK"
+        )
+
+
 def check_window(window: int | None, concurrency: int) -> int | None:
     if window is None:
         return None
@@ -100,8 +115,11 @@ class Stage(Generic[In, Out]):
     """
 
     name: str | None = None
-    #: Capacity, in items, of the edge that feeds this stage when the planner puts one there.
-    buffer: int | None = None
+    #: Capacity, in items, of the edge that feeds this stage when the planner puts one there
+    #: (``UNBOUNDED`` asks for no limit, by name).
+    buffer: int | Unbounded | None = None
+    #: What that edge does when it is full (``Overflow.BLOCK``: backpressure).
+    overflow: Overflow = Overflow.BLOCK
 
     operator: ClassVar[str] = "stage"
 
@@ -117,7 +135,7 @@ class Stage(Generic[In, Out]):
 
     def __attrs_post_init__(self) -> None:
         check_name(self.name)
-        check_optional_int("buffer", self.buffer, minimum=1)
+        check_edge(self.buffer, self.overflow)
 
 
 @attrs.frozen(kw_only=True)
@@ -125,7 +143,8 @@ class Sink(Generic[In, R]):
     """The end of a pipeline: consumes items of type ``In``; the run returns an ``R``."""
 
     name: str | None = None
-    buffer: int | None = None
+    buffer: int | Unbounded | None = None
+    overflow: Overflow = Overflow.BLOCK
 
     operator: ClassVar[str] = "sink"
 
@@ -139,7 +158,7 @@ class Sink(Generic[In, R]):
 
     def __attrs_post_init__(self) -> None:
         check_name(self.name)
-        check_optional_int("buffer", self.buffer, minimum=1)
+        check_edge(self.buffer, self.overflow)
 
 
 @attrs.frozen(kw_only=True)
@@ -186,27 +205,80 @@ class FnStage(Stage[In, Out]):
 
 
 @attrs.frozen(kw_only=True)
+class Adaptive:
+    """A worker count that follows demand, between ``min`` and ``max`` workers.
+
+    Pass it as ``concurrency=`` (``map``) or ``workers=`` (``persistent``). The rule: the
+    pool starts with ``min`` workers; when an item is queued and no worker is idle, one
+    worker is added, up to ``max``; a worker that has been idle for ``idle`` seconds
+    (Trio's clock) exits while more than ``min`` remain. The current size is the stage's
+    ``workers`` in ``statistics()``. The reorder window defaults to ``2 * max``.
+    """
+
+    min: int = 1
+    max: int
+    idle: float = 1.0
+
+    def __attrs_post_init__(self) -> None:
+        check_int("min", self.min, minimum=1)
+        check_int("max", self.max, minimum=1)
+        if self.max < self.min:
+            raise DefinitionValueError(f"max must be >= min ({self.min}), got {self.max!r}")
+        object.__setattr__(self, "idle", check_seconds("idle", self.idle))
+
+
+def check_workers(argument: str, value: object) -> int:
+    """Validate an int or ``Adaptive`` worker count; return the maximum."""
+    if isinstance(value, Adaptive):
+        return value.max
+    return check_int(argument, value, minimum=1)
+
+
+@attrs.frozen(kw_only=True)
 class MapStage(FnStage[In, Out]):
-    concurrency: int = 1
+    concurrency: int | Adaptive = 1
     ordered: bool = True
     window: int | None = None
+    #: keyed concurrency: items with equal ``key(item)`` keep their input order
+    key: Callable[[Any], Any] | None = None
+    #: with ``key``: how many items of one key may run at once
+    per_key: int = 1
 
     operator: ClassVar[str] = "map"
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        check_int("concurrency", self.concurrency, minimum=1)
+        top = check_workers("concurrency", self.concurrency)
         check_bool("ordered", self.ordered)
-        check_window(self.window, self.concurrency)
-        if self.concurrency > 1 and self.kind is not CallKind.ASYNC:
+        check_window(self.window, top)
+        if top > 1 and self.kind is not CallKind.ASYNC:
             raise DefinitionValueError(
-                f"concurrency={self.concurrency} needs an async fn: a sync fn {self.fn!r} "
+                f"concurrency={self.concurrency!r} needs an async fn: a sync fn {self.fn!r} "
                 "would block the Trio thread (use concurrency=1, or an async function)"
+            )
+        if self.key is not None and classify(self.key, "key") is not CallKind.SYNC:
+            raise DefinitionTypeError(f"key must be a plain function, got {self.key!r}")
+        check_int("per_key", self.per_key, minimum=1)
+        if self.per_key > 1 and self.key is None:
+            raise DefinitionValueError(f"per_key={self.per_key} needs key=")
+        if self.per_key > top:
+            raise DefinitionValueError(
+                f"per_key must be <= concurrency ({top}), got {self.per_key!r}"
             )
 
     @property
+    def max_concurrency(self) -> int:
+        c = self.concurrency
+        return c.max if isinstance(c, Adaptive) else c
+
+    @property
+    def pooled(self) -> bool:
+        """Runs in a worker pool (more than one call at a time, or adaptive)."""
+        return isinstance(self.concurrency, Adaptive) or self.concurrency > 1
+
+    @property
     def lifecycle(self) -> Lifecycle:
-        return Lifecycle.PERSISTENT if self.concurrency > 1 else Lifecycle.CONTINUOUS
+        return Lifecycle.PERSISTENT if self.pooled else Lifecycle.CONTINUOUS
 
     @property
     def inline(self) -> bool:
@@ -293,7 +365,7 @@ class BatchStage(Stage[T, list[T]]):
 class PersistentStage(Stage[In, Out]):
     fn: Callable[..., Any]
     resource: Callable[[], AbstractAsyncContextManager[Any]]
-    workers: int = 1
+    workers: int | Adaptive = 1
     ordered: bool = True
     window: int | None = None
     kind: CallKind = attrs.field(default=CallKind.ASYNC)
@@ -314,9 +386,9 @@ class PersistentStage(Stage[In, Out]):
                 f"resource must be a callable returning an async context manager, "
                 f"got {self.resource!r}"
             )
-        check_int("workers", self.workers, minimum=1)
+        top = check_workers("workers", self.workers)
         check_bool("ordered", self.ordered)
-        check_window(self.window, self.workers)
+        check_window(self.window, top)
 
     @property
     def lifecycle(self) -> Lifecycle:
@@ -503,7 +575,8 @@ class Junction:
 
     name: str | None = None
     #: Capacity, in items, of the edge(s) feeding a fan-in junction (merge, zip).
-    buffer: int | None = None
+    buffer: int | Unbounded | None = None
+    overflow: Overflow = Overflow.BLOCK
 
     operator: ClassVar[str] = "junction"
     #: True for fan-out junctions (one input, several consumers).
@@ -519,7 +592,7 @@ class Junction:
 
     def __attrs_post_init__(self) -> None:
         check_name(self.name)
-        check_optional_int("buffer", self.buffer, minimum=1)
+        check_edge(self.buffer, self.overflow)
 
 
 @attrs.frozen(kw_only=True)

@@ -6,6 +6,7 @@ import enum
 
 import attrs
 
+from ._overflow import Overflow
 from ._stage import Lifecycle
 
 
@@ -44,13 +45,20 @@ class EdgeStatistics:
     """One bounded edge between two task groups."""
 
     name: str
-    capacity: int
+    #: In items; ``None`` for an unbounded edge.
+    capacity: int | None
     #: Items queued now.
     depth: int
     #: The most items ever queued at once during the run.
     peak: int
-    #: Items that went through the edge so far.
+    #: Items accepted by the edge so far.
     total: int
+    #: What the edge does when full.
+    overflow: Overflow = Overflow.BLOCK
+    #: Items dropped by the overflow policy.
+    dropped: int = 0
+    #: Items still queued when the consumer stopped early (``take``), thrown away.
+    discarded: int = 0
 
 
 @attrs.frozen(kw_only=True)
