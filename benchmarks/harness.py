@@ -12,6 +12,9 @@ compares with the workload's expected value (a wrong result is reported, never h
   order), so a slow patch of the machine hits every variant alike; one warm-up round is
   discarded; the figure kept is the median of the repetitions, timed with
   ``time.perf_counter``.
+* A workload may also have an untimed measurement pass (``Workload.measure``, run once after
+  the timed rounds, e.g. peak memory under ``tracemalloc``) with goals on its figures
+  (``Limit``), printed and recorded like the ratio targets.
 """
 
 from __future__ import annotations
@@ -77,6 +80,33 @@ class Target:
 
 
 @dataclass
+class Limit:
+    """A goal on a figure measured apart from the timed runs (by ``Workload.measure``, e.g.
+    peak memory): the goal is met when ``measured[key]`` is ``<= limit`` (``at_most=True``)
+    or ``>= limit``."""
+
+    label: str
+    key: str
+    limit: float
+    at_most: bool
+    #: how to print the value and the limit, e.g. "{:.2f} MB"
+    fmt: str = "{:.2f}"
+
+    def evaluate(self, measured: dict[str, float]) -> dict[str, Any]:
+        value = measured[self.key]
+        met = value <= self.limit if self.at_most else value >= self.limit
+        op = "<=" if self.at_most else ">="
+        return {
+            "label": self.label,
+            "value": value,
+            "limit": self.limit,
+            "comparison": op,
+            "met": met,
+            "text": f"{self.fmt.format(value)} (target {op} {self.fmt.format(self.limit)})",
+        }
+
+
+@dataclass
 class Workload:
     name: str
     title: str
@@ -87,6 +117,11 @@ class Workload:
     baseline: str = ""
     reps: int = 5
     notes: list[str] = field(default_factory=list)
+    #: an extra, untimed measurement pass run once after the timed rounds (e.g. peak
+    #: memory under ``tracemalloc``, which would distort the timings): returns named figures
+    measure: Callable[[], dict[str, float]] | None = None
+    #: goals on the figures ``measure`` returns
+    limits: list[Limit] = field(default_factory=list)
 
 
 async def _timed(fn: Callable[[int], Awaitable[Any]], items: int) -> tuple[float, Any]:
@@ -123,6 +158,11 @@ def run_workload(w: Workload, *, progress: Callable[[str], None]) -> dict[str, A
                 times[v.name].append(seconds)
         progress(f"{w.name}: round {rep}/{w.reps}")
     medians = {name: statistics.median(ts) for name, ts in times.items()}
+    measured: dict[str, float] = {}
+    if w.measure is not None:
+        gc.collect()
+        measured = w.measure()
+        progress(f"{w.name}: measurement pass")
     base = medians[w.baseline]
     variants = {}
     for v in w.variants:
@@ -141,7 +181,8 @@ def run_workload(w: Workload, *, progress: Callable[[str], None]) -> dict[str, A
         "baseline": w.baseline,
         "reps": w.reps,
         "variants": variants,
-        "targets": [t.evaluate(medians) for t in w.targets],
+        "measured": measured,
+        "targets": [t.evaluate(medians) for t in w.targets] + [lim.evaluate(measured) for lim in w.limits],
         "notes": w.notes,
     }
 

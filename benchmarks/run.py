@@ -1,6 +1,6 @@
 """trioflow benchmarks: trioflow against plain Python and hand-written Trio, in one run.
 
-    python benchmarks/run.py              # everything (about 50 s on 2 cores)
+    python benchmarks/run.py              # everything (about 95 s on 2 cores)
     python benchmarks/run.py --quick      # smaller inputs, a smoke run of a few seconds
     python benchmarks/run.py --only linear
 
@@ -14,6 +14,10 @@ Workloads (each in its own module, which also shows how to write the trioflow ve
 * ``linear`` (bench_linear.py): cheap synchronous steps; framework cost per item.
 * ``io_map`` (bench_io.py): async I/O calls with ``map(concurrency=64)``.
 * ``batch`` (bench_batch.py): ``batch(100)`` into a sink.
+* ``fanout`` (bench_fanout.py): a Graph, broadcast to three ``map`` branches merged into a sum;
+  also the peak memory of a run.
+* ``parallel`` (bench_parallel.py): ``parallel`` blocks of 2, 4 and 8 I/O calls against
+  awaiting them in turn.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import bench_batch
+import bench_fanout
 import bench_io
 import bench_linear
+import bench_parallel
 import trio
 from harness import Workload, format_table, run_workload
 
@@ -46,6 +52,8 @@ WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] 
     "linear": (200_000, 20_000, 5, 3, bench_linear.workload),
     "io_map": (2_000, 256, 11, 3, bench_io.workload),
     "batch": (200_000, 20_000, 7, 3, bench_batch.workload),
+    "fanout": (100_000, 10_000, 5, 3, bench_fanout.workload),
+    "parallel": (25, 4, 3, 3, bench_parallel.workload),
 }
 
 

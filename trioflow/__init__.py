@@ -5,6 +5,8 @@
         lambda a, x: a + x, 0)).run()
 """
 
+from ._composite import fork_join as fork_join
+from ._composite import partition as partition
 from ._errors import (
     DefinitionError as DefinitionError,
 )
@@ -170,12 +172,14 @@ __all__ = [
     "continuous",
     "filter",
     "flat_map",
+    "fork_join",
     "from_async_iterable",
     "from_channel",
     "from_iterable",
     "map",
     "on_demand",
     "parallel",
+    "partition",
     "periodic",
     "persistent",
     "reduce",

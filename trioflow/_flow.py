@@ -12,7 +12,7 @@ import trio
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._plan import Plan, plan
 from ._runner import ItemStream, RunHandle, Runner, run_to_completion
-from ._stage import DiscardSink, ListSink, Sink, Source, Stage, check_int
+from ._stage import Chain, DiscardSink, ListSink, Sink, Source, Stage, check_int
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -64,8 +64,9 @@ class Flow(Generic[T]):
     def __or__(self, other: Sink[T, R]) -> Pipeline[R]: ...
     def __or__(self, other: Stage[T, U] | Sink[T, R]) -> Flow[U] | Pipeline[R]:
         if isinstance(other, Stage):
-            _check_names([self.source, *self.stages, other])
-            return Flow(source=self.source, stages=(*self.stages, other))
+            added = other.stages if isinstance(other, Chain) else (other,)
+            _check_names([self.source, *self.stages, *added])
+            return Flow(source=self.source, stages=(*self.stages, *added))
         if isinstance(other, Sink):
             _check_names([self.source, *self.stages, other])
             return Pipeline(flow=self, sink=other)

@@ -17,7 +17,7 @@ import trio
 
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._flow import DEFAULT_BUFFER, DEFAULT_CHUNK_SIZE, Flow, _check_run_args
-from ._plan import DEFAULT, GraphNode, Plan, plan_graph, unique_names
+from ._plan import DEFAULT, GraphNode, Plan, RoutePort, add_stage, plan_graph, unique_names
 from ._runner import RunHandle, Runner
 from ._stage import (
     BalanceSpec,
@@ -146,7 +146,7 @@ class Graph:
         if isinstance(inp, Port):
             if inp.node.graph is not self:
                 raise DefinitionValueError(f"{argument} is a port of another graph")
-            return inp.node.index, inp.key
+            return inp.node.index, inp.key if inp.key is DEFAULT else RoutePort(inp.key)
         if isinstance(inp, Node | RouteNode):
             if inp.graph is not self:
                 raise DefinitionValueError(
@@ -199,9 +199,9 @@ class Graph:
             if input is None:
                 raise DefinitionValueError(f"{spec.operator!r} needs an input node")
             inp = self._check_input(input, "input")
-            index = self._append(spec, (inp,))
             if isinstance(spec, Sink):
-                return SinkNode(self, index, spec.operator)
+                return SinkNode(self, self._append(spec, (inp,)), spec.operator)
+            index = add_stage(self._append, spec, inp)  # chains and composites expand here
             return Node(self, index, spec.operator)
         raise DefinitionTypeError(f"spec must be a source, flow, stage or sink, got {spec!r}")
 

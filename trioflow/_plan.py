@@ -27,14 +27,14 @@ must be explicit), a node whose output goes nowhere, and ports that do not fit.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import attrs
 
 from ._errors import DefinitionValueError
 from ._overflow import Overflow, Unbounded
-from ._stage import Junction, Lifecycle, MergeSpec, RouteSpec, Sink, Source, Stage, ZipSpec
+from ._stage import Chain, Composite, FanIn, Junction, Lifecycle, MergeSpec, RouteSpec, Sink, Source, Stage
 
 AnySpec = Source[Any] | Stage[Any, Any] | Sink[Any, Any] | Junction
 
@@ -55,6 +55,14 @@ class _DefaultPort:
 
 #: The route port for unmatched keys.
 DEFAULT = _DefaultPort()
+
+
+@attrs.frozen
+class RoutePort:
+    """The port of a route for one key (a wrapper, so that any hashable key, ``None``
+    included, can name a branch)."""
+
+    key: Hashable
 
 
 @attrs.frozen(kw_only=True)
@@ -285,15 +293,20 @@ def plan_graph(
     """Plan a graph whose nodes are in topological order (each input is an earlier node).
     ``open_end`` is the index of the node whose output goes to the caller."""
     names = unique_names([g.spec for g in gnodes])
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DefinitionValueError(f"node name(s) {dup} used more than once; names must be unique")
     consumers: list[list[tuple[int, int, Hashable | None]]] = [[] for _ in gnodes]
     for ci, g in enumerate(gnodes):
         spec = g.spec
         if isinstance(spec, Source):
             if g.inputs:
                 raise DefinitionValueError(f"source {names[ci]!r} cannot have inputs")
-        elif isinstance(spec, MergeSpec | ZipSpec):
-            if len(g.inputs) < 1 or (isinstance(spec, ZipSpec) and len(g.inputs) < 2):
-                raise DefinitionValueError(f"{spec.operator} {names[ci]!r} needs more inputs")
+        elif isinstance(spec, FanIn):
+            if len(g.inputs) < spec.min_inputs:
+                raise DefinitionValueError(
+                    f"{spec.operator} {names[ci]!r} needs at least {spec.min_inputs} inputs"
+                )
         elif len(g.inputs) != 1:
             raise DefinitionValueError(f"node {names[ci]!r} must have exactly one input")
         for pos, (pi, port) in enumerate(g.inputs):
@@ -326,10 +339,10 @@ def plan_graph(
             )
         if isinstance(spec, RouteSpec):
             ports = [p for _, _, p in cs]
-            dup = {p for p in ports if ports.count(p) > 1}
-            if dup:
+            dup_ports = sorted({repr(p) for p in ports if ports.count(p) > 1})
+            if dup_ports:
                 raise DefinitionValueError(
-                    f"route {names[pi]!r} has more than one consumer on port(s) {sorted(map(repr, dup))}"
+                    f"route {names[pi]!r} has more than one consumer on port(s) {dup_ports}"
                 )
 
     segs: list[_Seg] = []
@@ -349,7 +362,7 @@ def plan_graph(
             s.nodes.append(ci)
             seg_of[ci] = s.index
             continue
-        if isinstance(spec, MergeSpec | ZipSpec):
+        if isinstance(spec, FanIn):
             s = new_seg(False)
             s.nodes.append(ci)
             seg_of[ci] = s.index
@@ -470,8 +483,31 @@ def plan(
 ) -> Plan:
     """Plan a linear flow: the graph source -> stages -> sink."""
     gnodes = [GraphNode(spec=source)]
-    rest: list[AnySpec] = [*stages, *([sink] if sink is not None else [])]
-    for spec in rest:
-        gnodes.append(GraphNode(spec=spec, inputs=((len(gnodes) - 1, None),)))
+
+    def add(spec: AnySpec, inputs: tuple[tuple[int, Hashable | None], ...]) -> int:
+        gnodes.append(GraphNode(spec=spec, inputs=inputs))
+        return len(gnodes) - 1
+
+    last = 0
+    for stage in stages:
+        last = add_stage(add, stage, (last, None))
+    if sink is not None:
+        last = add(sink, ((last, None),))
     return plan_graph(gnodes, chunk_size=chunk_size, buffer=buffer,
-                      open_end=len(gnodes) - 1 if open_end else None)
+                      open_end=last if open_end else None)
+
+
+def add_stage(
+    add: Callable[[AnySpec, tuple[tuple[int, Hashable | None], ...]], int],
+    stage: Stage[Any, Any],
+    input: tuple[int, Hashable | None],
+) -> int:
+    """Add a stage reading ``input`` (node index, port): chains are flattened, composites
+    expanded. Returns the index of the node that carries the stage's output."""
+    if isinstance(stage, Chain):
+        for inner in stage.stages:
+            input = (add_stage(add, inner, input), None)
+        return input[0]
+    if isinstance(stage, Composite):
+        return stage.expand(add, input)
+    return add(stage, (input,))

@@ -59,8 +59,9 @@ from ._ops import (
     TakeWhileOp,
     TapOp,
 )
-from ._plan import DEFAULT, Plan, PlanNode, PlanSegment
+from ._plan import DEFAULT, Plan, PlanNode, PlanSegment, RoutePort
 from ._stage import (
+    DROPPED,
     Adaptive,
     AsyncIterableSource,
     BalanceSpec,
@@ -73,10 +74,12 @@ from ._stage import (
     FlatMapStage,
     FnSink,
     IterableSource,
+    JoinSpec,
     ListSink,
     MapStage,
     MergeSpec,
     OnDemandStage,
+    OrderedMergeSpec,
     PeriodicSource,
     PersistentStage,
     ReduceSink,
@@ -908,6 +911,116 @@ class ZipHead(Head):
             await seg.emit(out)
 
 
+class JoinHead(Head):
+    """Reunites ``(seq, value)`` envelopes from order-keeping inputs: emits the values of
+    every ``seq`` that reached all inputs (a tuple, or a dict with the spec's ``keys``). A
+    ``seq`` missing from one input (filtered there) is dropped from the others; when any
+    input ends, nothing later can be complete, so the join completes."""
+
+    def __init__(self, node: PlanNode) -> None:
+        super().__init__(node)
+        spec = node.spec
+        assert isinstance(spec, JoinSpec)
+        self.keys = spec.keys
+        self.dropped = 0
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        inputs = seg.inputs
+        size = seg.chunk_size
+        bufs: list[deque[tuple[int, Any]]] = [deque() for _ in inputs]
+        keys = self.keys
+        while True:
+            for edge, buf in zip(inputs, bufs, strict=True):
+                if not buf:
+                    chunk = await edge.receive(size)
+                    if chunk is None:
+                        return
+                    self.n_in += len(chunk)
+                    buf.extend(chunk)
+            out: list[Any] = []
+            while all(bufs):
+                top = max(b[0][0] for b in bufs)
+                complete = True
+                for b in bufs:
+                    while b and b[0][0] < top:
+                        b.popleft()
+                        self.dropped += 1
+                    complete = complete and bool(b)
+                if complete:
+                    values = tuple(b.popleft()[1] for b in bufs)
+                    if any(v is DROPPED for v in values):
+                        self.dropped += 1  # a branch filtered the item: an inner join
+                        continue
+                    out.append(values if keys is None else dict(zip(keys, values, strict=True)))
+            if out:
+                self.n_out += len(out)
+                await seg.emit(out)
+
+
+class OrderedMergeHead(Head):
+    """Merges ``(seq, value)`` envelopes from order-keeping inputs back into ``seq`` order
+    and emits the values. The next item is emitted as soon as it is the next ``seq`` or,
+    when numbers are missing (filtered), once every live input has shown its next item.
+    A reader task per input keeps at most two chunks buffered (backpressure)."""
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        inputs = seg.inputs
+        size = seg.chunk_size
+        k = len(inputs)
+        bufs: list[deque[tuple[int, Any]]] = [deque() for _ in inputs]
+        live = [True] * k
+        data = trio.lowlevel.ParkingLot()
+        room = [trio.lowlevel.ParkingLot() for _ in inputs]
+
+        async def reader(i: int, task_status: _Status) -> None:
+            edge, buf = inputs[i], bufs[i]
+            try:
+                while True:
+                    while len(buf) >= 2 * size:
+                        await room[i].park()
+                    chunk = await edge.receive(size)
+                    if chunk is None:
+                        return
+                    self.n_in += len(chunk)
+                    buf.extend(chunk)
+                    data.unpark_all()
+            finally:
+                live[i] = False
+                data.unpark_all()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(k):
+                nursery.start_soon(seg.runner.guarded, reader, i)
+            status.started()
+            nxt = 0
+            while True:
+                out: list[Any] = []
+                while True:
+                    best = -1
+                    for i in range(k):
+                        if bufs[i] and (best < 0 or bufs[i][0][0] < bufs[best][0][0]):
+                            best = i
+                    if best < 0:
+                        break
+                    seq = bufs[best][0][0]
+                    if seq != nxt and not all(bufs[i] or not live[i] for i in range(k)):
+                        break  # an earlier item may still come from an input with nothing queued
+                    value = bufs[best].popleft()[1]
+                    if value is not DROPPED:
+                        out.append(value)
+                    nxt = seq + 1
+                    if room[best]:
+                        room[best].unpark_all()
+                if out:
+                    self.n_out += len(out)
+                    await seg.emit(out)
+                    continue
+                if not any(live) and not any(bufs):
+                    return
+                await data.park()
+
+
 class Router:
     """The output of a segment that ends in a fan-out junction: decides, per chunk, which
     edges get which items. Shares ``put``/``close_send`` with ``Edge``."""
@@ -940,10 +1053,13 @@ class BroadcastRouter(Router):
 
     async def put(self, chunk: list[Any]) -> None:
         self.n_in += len(chunk)
-        for edge in list(self.live):
+        live = list(self.live)
+        last = len(live) - 1
+        for i, edge in enumerate(live):
             try:
-                # each branch owns its chunk: consumers may extend chunks in place
-                await edge.put(chunk if edge is self.live[-1] else list(chunk))
+                # every put gets a list of its own (the last the original): consumers may
+                # extend chunks in place, and one edge may be fed twice (merge(fan, fan))
+                await edge.put(chunk if i == last else list(chunk))
                 self.n_out += len(chunk)
             except DownstreamClosed:
                 self._dead(edge)
@@ -995,7 +1111,8 @@ class RouteRouter(Router):
             if port is DEFAULT:
                 self.default = edge
             else:
-                self.by_key[port] = edge
+                assert isinstance(port, RoutePort)
+                self.by_key[port.key] = edge
 
     def _unroutable(self, key: object) -> NoReturn:
         raise UnroutableError(
@@ -1277,6 +1394,12 @@ class Runner:
                 op_nodes = seg_plan.nodes
             elif isinstance(seg_plan.nodes[0].spec, ZipSpec):
                 head = ZipHead(seg_plan.nodes[0])
+                op_nodes = seg_plan.nodes[1:]
+            elif isinstance(seg_plan.nodes[0].spec, JoinSpec):
+                head = JoinHead(seg_plan.nodes[0])
+                op_nodes = seg_plan.nodes[1:]
+            elif isinstance(seg_plan.nodes[0].spec, OrderedMergeSpec):
+                head = OrderedMergeHead(seg_plan.nodes[0])
                 op_nodes = seg_plan.nodes[1:]
             elif isinstance(seg_plan.nodes[0].spec, MergeSpec):
                 head = PassHead(seg_plan.nodes[0])

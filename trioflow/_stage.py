@@ -23,6 +23,7 @@ from ._overflow import Overflow, Unbounded
 In = TypeVar("In", contravariant=True)
 Out = TypeVar("Out", covariant=True)
 T = TypeVar("T")
+V = TypeVar("V")
 R = TypeVar("R", covariant=True)
 
 
@@ -136,6 +137,45 @@ class Stage(Generic[In, Out]):
     def __attrs_post_init__(self) -> None:
         check_name(self.name)
         check_edge(self.buffer, self.overflow)
+
+    def __or__(self, other: Stage[Out, V]) -> Stage[In, V]:
+        """Compose two stages into one reusable fragment (``map(f) | filter(p)``)."""
+        if not isinstance(other, Stage):
+            raise DefinitionTypeError(f"a stage can be followed by a stage, got {other!r}")
+        return Chain(stages=(*_flat(self), *_flat(other)))
+
+
+def _flat(stage: Stage[Any, Any]) -> tuple[Stage[Any, Any], ...]:
+    return stage.stages if isinstance(stage, Chain) else (stage,)
+
+
+@attrs.frozen(kw_only=True)
+class Chain(Stage[In, Out]):
+    """Stages composed with ``|`` before being attached to a flow: a reusable fragment.
+    Attached to a flow, it is the same as attaching its stages one by one."""
+
+    stages: tuple[Stage[Any, Any], ...]
+
+    operator: ClassVar[str] = "chain"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if not self.stages:
+            raise DefinitionValueError("a chain needs at least one stage")
+
+
+@attrs.frozen(kw_only=True)
+class Composite(Stage[In, Out]):
+    """A stage that expands into a small graph when planned (``fork_join``, ``partition``).
+    ``expand(add, input)`` adds its nodes through ``add(spec, inputs) -> index`` and returns
+    the index of the node whose output is the composite's output."""
+
+    operator: ClassVar[str] = "composite"
+
+    def expand(
+        self, add: Callable[[Any, tuple[tuple[int, Any], ...]], int], input: tuple[int, Any]
+    ) -> int:
+        raise NotImplementedError  # pragma: no cover
 
 
 @attrs.frozen(kw_only=True)
@@ -565,6 +605,23 @@ class TaskSource(Source[T]):
         object.__setattr__(self, "wants_status", accepts_keyword(self.fn, "task_status"))
 
 
+class _Dropped:
+    """The value of an envelope whose item a branch filtered out (a tombstone)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<dropped>"
+
+
+#: Branches never drop envelopes: a filtered item travels on as ``(seq, DROPPED)``, so
+#: every branch hands on exactly one envelope per item, in order. The join can then read
+#: its inputs in lockstep with bounded buffers (waiting for an item a branch filtered
+#: would deadlock a diamond whose other branches are full), and the ordered merge never
+#: waits for a missing number.
+DROPPED = _Dropped()
+
+
 # -- junctions: fan-out and fan-in nodes of a graph ------------------------------------------
 
 
@@ -621,10 +678,40 @@ class RouteSpec(Junction):
 
 
 @attrs.frozen(kw_only=True)
-class MergeSpec(Junction):
-    operator: ClassVar[str] = "merge"
+class FanIn(Junction):
+    """A junction with several inputs: it heads a segment of its own."""
+
+    #: the least number of inputs
+    min_inputs: ClassVar[int] = 2
 
 
 @attrs.frozen(kw_only=True)
-class ZipSpec(Junction):
+class MergeSpec(FanIn):
+    operator: ClassVar[str] = "merge"
+    min_inputs: ClassVar[int] = 1
+
+
+@attrs.frozen(kw_only=True)
+class ZipSpec(FanIn):
     operator: ClassVar[str] = "zip"
+
+
+@attrs.frozen(kw_only=True)
+class JoinSpec(FanIn):
+    """Reunites ``(seq, value)`` envelopes from order-keeping branches: emits the tuple of
+    values (or a dict, with ``keys``) of every ``seq`` that reached all inputs; a ``seq``
+    missing from a branch (filtered) is dropped from the others."""
+
+    keys: tuple[str, ...] | None = None
+
+    operator: ClassVar[str] = "join"
+    min_inputs: ClassVar[int] = 1
+
+
+@attrs.frozen(kw_only=True)
+class OrderedMergeSpec(FanIn):
+    """Merges ``(seq, value)`` envelopes from order-keeping inputs back into ``seq`` order
+    and emits the values."""
+
+    operator: ClassVar[str] = "ordered_merge"
+    min_inputs: ClassVar[int] = 1
