@@ -105,6 +105,13 @@ from ._plan import DEFAULT as DEFAULT
 from ._plan import Plan as Plan
 from ._plan import PlanNode as PlanNode
 from ._plan import PlanSegment as PlanSegment
+from ._policies import Backoff as Backoff
+from ._policies import DeadLetter as DeadLetter
+from ._policies import DeadLetterEntry as DeadLetterEntry
+from ._policies import Fail as Fail
+from ._policies import OnError as OnError
+from ._policies import Retry as Retry
+from ._policies import Skip as Skip
 from ._runner import Emit as Emit
 from ._runner import ItemStream as ItemStream
 from ._runner import RunHandle as RunHandle
@@ -132,14 +139,18 @@ __all__ = [
     "Adaptive",
     "AllOrNothing",
     "AtLeast",
+    "Backoff",
     "BestEffort",
     "DEFAULT",
+    "DeadLetter",
+    "DeadLetterEntry",
     "DefinitionError",
     "DefinitionTypeError",
     "DefinitionValueError",
     "EdgeOverflowError",
     "EdgeStatistics",
     "Emit",
+    "Fail",
     "FirstK",
     "Flow",
     "Graph",
@@ -147,6 +158,7 @@ __all__ = [
     "ItemStream",
     "Lifecycle",
     "Node",
+    "OnError",
     "Overflow",
     "ParallelBlockError",
     "ParallelPolicy",
@@ -155,12 +167,14 @@ __all__ = [
     "PlanNode",
     "PlanSegment",
     "Port",
+    "Retry",
     "RouteNode",
     "RunHandle",
     "RunState",
     "RunStatistics",
     "Sink",
     "SinkNode",
+    "Skip",
     "Source",
     "Stage",
     "StageStatistics",

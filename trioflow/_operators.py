@@ -3,6 +3,14 @@
 Each docstring says, one line each, when the operator emits, when it backpressures, when
 it completes, what cancels it, and what it does on error. "Fused" means the stage runs
 inside its upstream neighbour's task (no channel hop); see ``docs/design.md``.
+
+Every operator that runs user code per item (map, filter, flat_map, tap, take_while,
+scan, persistent, on_demand, sink, reduce) also takes the error policies, as data:
+``on_error=Fail()`` (default: fail fast) / ``Skip()`` / ``DeadLetter(target)``,
+``retry=Retry(attempts, backoff=Backoff(...), on=...)`` and ``timeout=`` seconds per call
+(async functions). "On error" in each docstring describes the default; with ``Skip`` or
+``DeadLetter`` a failed item is dropped (counted, or sent to the target) and the stage goes
+on. A stage with a retry, a timeout or a channel dead-letter target is not fused.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import trio
 
 from ._flow import Flow
 from ._overflow import Overflow, Unbounded
+from ._policies import FAIL, OnError, Retry
 from ._stage import (
     Adaptive,
     AsyncIterableSource,
@@ -143,6 +152,9 @@ def map(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, U]: ...
 @overload
 def map(
@@ -156,6 +168,9 @@ def map(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, U]: ...
 def map(
     fn: Callable[[T], Any],
@@ -168,6 +183,9 @@ def map(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, Any]:
     """Apply ``fn`` to every item; ``fn`` may be a plain or an async function.
 
@@ -191,13 +209,17 @@ def map(
     ``ordered=False``; an item waiting for its key's turn counts against the window.
     """
     return MapStage(fn=fn, concurrency=concurrency, ordered=ordered, window=window, key=key,
-                    per_key=per_key, name=name, buffer=buffer, overflow=overflow)
+                    per_key=per_key, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout)
 
 
 @overload
 def filter(
     fn: Callable[[T], TypeGuard[U]], *, name: str | None = None, buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, U]: ...
 @overload
 def filter(
@@ -206,6 +228,9 @@ def filter(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, T]: ...
 def filter(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
@@ -213,6 +238,9 @@ def filter(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, Any]:
     """Keep the items for which ``fn(item)`` is true (plain functions are fused). A
     ``TypeGuard`` predicate narrows the item type for the rest of the chain.
@@ -223,7 +251,8 @@ def filter(
     * cancelled: by the run or when downstream stops;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return FilterStage(fn=fn, name=name, buffer=buffer, overflow=overflow)
+    return FilterStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout)
 
 
 def flat_map(
@@ -233,6 +262,9 @@ def flat_map(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, U]:
     """Replace each item by the items of ``fn(item)``: a function returning an iterable,
     a generator function, an async function returning an iterable, or an async generator.
@@ -243,7 +275,8 @@ def flat_map(
     * cancelled: by the run or when downstream stops; an async generator is closed;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return FlatMapStage(fn=fn, name=name, buffer=buffer, overflow=overflow)
+    return FlatMapStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout)
 
 
 def tap(
@@ -252,6 +285,9 @@ def tap(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, T]:
     """Call ``fn(item)`` for its side effect and pass the item on unchanged.
 
@@ -261,7 +297,8 @@ def tap(
     * cancelled: by the run or when downstream stops;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return TapStage(fn=fn, name=name, buffer=buffer, overflow=overflow)
+    return TapStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout)
 
 
 def take(count: int, *, name: str | None = None) -> Stage[T, T]:
@@ -295,6 +332,9 @@ def take_while(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, T]:
     """Pass items on while ``fn(item)`` is true; stop at the first false one (dropped).
 
@@ -304,7 +344,8 @@ def take_while(
     * cancelled: by the run;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return TakeWhileStage(fn=fn, name=name, buffer=buffer, overflow=overflow)
+    return TakeWhileStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout)
 
 
 def scan(
@@ -314,6 +355,9 @@ def scan(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, A]:
     """Running accumulation: emits ``acc = fn(acc, item)`` after each item, starting from
     ``initial`` (which itself is not emitted), like ``itertools.accumulate(..., initial=)[1:]``.
@@ -324,7 +368,8 @@ def scan(
     * cancelled: by the run or when downstream stops;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return ScanStage(fn=fn, initial=initial, name=name, buffer=buffer, overflow=overflow)
+    return ScanStage(fn=fn, initial=initial, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout)
 
 
 def batch(
@@ -362,6 +407,9 @@ def persistent(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, U]:
     """A pool of ``workers`` tasks, each owning a resource built once and reused.
 
@@ -377,7 +425,8 @@ def persistent(
     * on error: an error from ``fn`` or from building a resource fails the run.
     """
     return PersistentStage(fn=fn, resource=resource, workers=workers, ordered=ordered,
-                           window=window, name=name, buffer=buffer, overflow=overflow)
+                           window=window, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout)
 
 
 def on_demand(
@@ -389,6 +438,9 @@ def on_demand(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Stage[T, U]:
     """A fresh task and a fresh stage instance per item, at most ``limit`` at once.
 
@@ -404,7 +456,8 @@ def on_demand(
     * on error: the exception fails the run, noted with stage and item.
     """
     return OnDemandStage(factory=factory, limit=limit, ordered=ordered, window=window,
-                         name=name, buffer=buffer, overflow=overflow)
+                         name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout)
 
 
 def continuous(
@@ -438,6 +491,9 @@ def sink(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Sink[T, None]:
     """End a flow by calling ``fn(item)`` for every item; the run returns ``None``.
 
@@ -447,7 +503,8 @@ def sink(
     * cancelled: by the run;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return FnSink(fn=fn, name=name, buffer=buffer, overflow=overflow)
+    return FnSink(fn=fn, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout)
 
 
 def to_list(*, name: str | None = None) -> Sink[T, builtins.list[T]]:
@@ -469,6 +526,9 @@ def reduce(
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Sink[T, A]:
     """End a flow by folding: ``acc = fn(acc, item)`` from ``initial``; returns ``acc``.
 
@@ -478,4 +538,5 @@ def reduce(
     * cancelled: by the run;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return ReduceSink(fn=fn, initial=initial, name=name, buffer=buffer, overflow=overflow)
+    return ReduceSink(fn=fn, initial=initial, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout)

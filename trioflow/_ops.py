@@ -17,14 +17,20 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import annotate
+from ._policies import Guard
 
 Chunk = list[Any]
 
 
 class Op:
-    """A fused, synchronous operator. ``done`` turns True when it wants no more input."""
+    """A fused, synchronous operator. ``done`` turns True when it wants no more input.
 
-    __slots__ = ("done", "errors", "n_in", "n_out", "name", "operator")
+    With a ``guard`` (a stage with ``on_error=Skip()`` or ``DeadLetter(...)``), ``process``
+    takes the per-item path: each item is processed on its own, and a failed item is handed
+    to the guard (counted, dead-lettered) and produces nothing, so no item is ever emitted
+    in part and skipped too."""
+
+    __slots__ = ("done", "errors", "guard", "n_in", "n_out", "name", "operator")
 
     def __init__(self, name: str, operator: str) -> None:
         self.name = name
@@ -33,9 +39,34 @@ class Op:
         self.n_out = 0
         self.errors = 0
         self.done = False
+        self.guard: Guard | None = None
 
     def process(self, chunk: Chunk) -> Chunk:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def apply_one(self, item: Any) -> Chunk:
+        """The outputs for one item (the per-item path used under an error policy)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def process_guarded(self, chunk: Chunk) -> Chunk:
+        guard = self.guard
+        assert guard is not None
+        out: Chunk = []
+        n = 0
+        for x in chunk:
+            if self.done:
+                break
+            n += 1
+            try:
+                produced = self.apply_one(x)
+            except Exception as exc:
+                self.errors += 1
+                guard.handle(exc, x)
+                continue
+            out.extend(produced)
+        self.n_in += n
+        self.n_out += len(out)
+        return out
 
     def flush(self) -> Chunk:
         """Called once when the input ended cleanly; returns what the op still holds."""
@@ -54,6 +85,8 @@ class MapOp(Op):
         self.fn = fn
 
     def process(self, chunk: Chunk) -> Chunk:
+        if self.guard is not None:
+            return self.process_guarded(chunk)
         out: Chunk = []
         try:
             out.extend(map(self.fn, chunk))
@@ -64,6 +97,9 @@ class MapOp(Op):
         self.n_out += len(out)
         return out
 
+    def apply_one(self, item: Any) -> Chunk:
+        return [self.fn(item)]
+
 
 class FilterOp(Op):
     __slots__ = ("fn",)
@@ -72,7 +108,12 @@ class FilterOp(Op):
         super().__init__(name, "filter")
         self.fn = fn
 
+    def apply_one(self, item: Any) -> Chunk:
+        return [item] if self.fn(item) else []
+
     def process(self, chunk: Chunk) -> Chunk:
+        if self.guard is not None:
+            return self.process_guarded(chunk)
         keep: list[Any] = []
         try:
             keep.extend(map(self.fn, chunk))
@@ -92,7 +133,12 @@ class FlatMapOp(Op):
         super().__init__(name, "flat_map")
         self.fn = fn
 
+    def apply_one(self, item: Any) -> Chunk:
+        return list(self.fn(item))  # materialised: a failure mid-way emits nothing
+
     def process(self, chunk: Chunk) -> Chunk:
+        if self.guard is not None:
+            return self.process_guarded(chunk)
         out: Chunk = []
         extend = out.extend
         fn = self.fn
@@ -115,7 +161,13 @@ class TapOp(Op):
         super().__init__(name, "tap")
         self.fn = fn
 
+    def apply_one(self, item: Any) -> Chunk:
+        self.fn(item)
+        return [item]
+
     def process(self, chunk: Chunk) -> Chunk:
+        if self.guard is not None:
+            return self.process_guarded(chunk)
         done: list[Any] = []
         try:
             done.extend(map(self.fn, chunk))
@@ -176,9 +228,17 @@ class TakeWhileOp(Op):
         super().__init__(name, "take_while")
         self.fn = fn
 
+    def apply_one(self, item: Any) -> Chunk:
+        if self.fn(item):
+            return [item]
+        self.done = True
+        return []
+
     def process(self, chunk: Chunk) -> Chunk:
         if self.done:
             return []
+        if self.guard is not None:
+            return self.process_guarded(chunk)
         fn = self.fn
         n = 0
         x = None
@@ -204,7 +264,13 @@ class ScanOp(Op):
         self.fn = fn
         self.acc = initial
 
+    def apply_one(self, item: Any) -> Chunk:
+        self.acc = self.fn(self.acc, item)  # a failed item leaves the accumulator unchanged
+        return [self.acc]
+
     def process(self, chunk: Chunk) -> Chunk:
+        if self.guard is not None:
+            return self.process_guarded(chunk)
         out: Chunk = []
         append = out.append
         fn = self.fn
@@ -296,7 +362,13 @@ class CallSinkOp(SinkOp):
         super().__init__(name, "sink")
         self.fn = fn
 
+    def apply_one(self, item: Any) -> Chunk:
+        self.fn(item)
+        return []
+
     def process(self, chunk: Chunk) -> Chunk:
+        if self.guard is not None:
+            return self.process_guarded(chunk)
         done: list[Any] = []
         try:
             done.extend(map(self.fn, chunk))
@@ -342,7 +414,13 @@ class ReduceSinkOp(SinkOp):
         self.fn = fn
         self.acc = initial
 
+    def apply_one(self, item: Any) -> Chunk:
+        self.acc = self.fn(self.acc, item)
+        return []
+
     def process(self, chunk: Chunk) -> Chunk:
+        if self.guard is not None:
+            return self.process_guarded(chunk)
         fn = self.fn
         acc = self.acc
         x = None

@@ -60,6 +60,7 @@ from ._ops import (
     TapOp,
 )
 from ._plan import DEFAULT, Plan, PlanNode, PlanSegment, RoutePort
+from ._policies import Fail, Guard, with_retry_and_timeout
 from ._stage import (
     DROPPED,
     Adaptive,
@@ -160,9 +161,23 @@ class Head:
         self.in_flight = 0
         self.workers = 1
         self.waiting = 0
+        self.guard: Guard | None = _guard_for(node) if node is not None else None
 
     async def run(self, seg: Segment, status: _Status) -> None:  # pragma: no cover
         raise NotImplementedError
+
+    async def recover(self, exc: Exception, item: object) -> bool:
+        """A call of user code failed on ``item``: apply the stage's error policy. Returns
+        True when the item was skipped or dead-lettered (the caller goes on); False when
+        the run must fail (the caller re-raises). Errors raised downstream (already noted
+        by the stage they came from) are never this stage's to handle."""
+        guard = self.guard
+        if guard is None or guard.fails or getattr(exc, "_trioflow_annotated", False):
+            self.failed(exc, item)
+            return False
+        self.errors += 1
+        await guard.ahandle(exc, item)
+        return True
 
     def failed(self, exc: BaseException, item: object, *, has_item: bool = True) -> None:
         if getattr(exc, "_trioflow_annotated", False):
@@ -405,13 +420,26 @@ class ContinuousHead(Head):
             raise
 
 
+def _policy_call(spec: Any, fn: Callable[..., Any], guard: Guard | None) -> Callable[..., Any]:
+    """``fn`` as an async callable, under the stage's retry and timeout. Async generators
+    are returned as they are (they are iterated, not awaited)."""
+    kind = getattr(spec, "kind", CallKind.ASYNC)
+    if kind is CallKind.ASYNC_GEN:
+        return fn
+    retry, timeout = getattr(spec, "retry", None), getattr(spec, "timeout", None)
+    if kind is CallKind.ASYNC and retry is None and timeout is None:
+        return fn
+    return with_retry_and_timeout(fn, kind is CallKind.ASYNC, retry, timeout,
+                                  guard or Guard(spec.name or spec.operator, Fail()))
+
+
 class AsyncEachHead(Head):
     """One async call per item, in order, in the segment's task (concurrency 1)."""
 
     def __init__(self, node: PlanNode, spec: Any) -> None:
         super().__init__(node)
         self.spec = spec
-        self.fn: Callable[..., Any] = spec.fn
+        self.fn: Callable[..., Any] = _policy_call(spec, spec.fn, self.guard)
         self.acc: Any = getattr(spec, "initial", None)
 
     async def run(self, seg: Segment, status: _Status) -> None:
@@ -430,8 +458,8 @@ class AsyncEachHead(Head):
                 try:
                     await step(item)
                 except Exception as exc:
-                    self.failed(exc, item)
-                    raise
+                    if not await self.recover(exc, item):
+                        raise
                 finally:
                     self.in_flight = 0
 
@@ -466,6 +494,15 @@ class AsyncEachHead(Head):
                 self.acc = await fn(self.acc, item)
                 self.n_out += 1
                 await emit([self.acc])
+        elif isinstance(spec, FlatMapStage) and spec.kind is CallKind.ASYNC_GEN and self.guard:
+            async def step(item: Any) -> None:
+                # under an error policy the outputs are collected first, so an item that
+                # fails half-way is skipped whole, never emitted in part
+                async with aclosing(fn(item)) as agen:
+                    outs = [out async for out in agen]
+                if outs:
+                    self.n_out += len(outs)
+                    await emit(outs)
         elif isinstance(spec, FlatMapStage) and spec.kind is CallKind.ASYNC_GEN:
             async def step(item: Any) -> None:
                 async with aclosing(fn(item)) as agen:
@@ -540,6 +577,15 @@ class BatchTimerHead(Head):
             await seg.emit(partial)
 
 
+class _Skipped:
+    __slots__ = ()
+
+
+#: The "result" of an item a pool skipped or dead-lettered: it keeps the item's place in
+#: the order (so later results are not held back) and is never emitted.
+_SKIPPED = _Skipped()
+
+
 class PoolHead(Head):
     """Concurrent calls: ``map(concurrency=N)``, ``persistent`` and ``on_demand``.
 
@@ -581,6 +627,9 @@ class PoolHead(Head):
             size = spec.limit
             self.factory = spec.factory
             self.fn = spec.factory
+        # retries and timeouts wrap the call; error policies are applied around it
+        self.fn = _policy_call(spec, self.fn, self.guard)
+        self._instance_call = _policy_call(spec, _call_any, self.guard)
         if isinstance(size, Adaptive):
             self.min_workers, self.max_workers, self.idle = size.min, size.max, size.idle
             self.adaptive = True
@@ -768,8 +817,9 @@ class PoolHead(Head):
             try:
                 r = await (fn(res, item) if with_resource else fn(item))
             except Exception as exc:
-                self.failed(exc, item)
-                raise
+                if not await self.recover(exc, item):
+                    raise
+                r = _SKIPPED  # its place in the order is handed on, empty
             finally:
                 self.in_flight -= 1
             if keyed:
@@ -787,12 +837,13 @@ class PoolHead(Head):
                 instance = self.factory()
                 if hasattr(instance, "__aenter__"):
                     async with instance as entered:
-                        r = await _call_any(entered, item)
+                        r = await self._instance_call(entered, item)
                 else:
-                    r = await _call_any(instance, item)
+                    r = await self._instance_call(instance, item)
             except Exception as exc:
-                self.failed(exc, item)
-                raise
+                if not await self.recover(exc, item):
+                    raise
+                r = _SKIPPED
         finally:
             self.in_flight -= 1
             self._running -= 1
@@ -804,6 +855,9 @@ class PoolHead(Head):
         seg = self._seg
         assert seg is not None
         if not self.ordered:
+            if result is _SKIPPED:
+                self._admitted_done(1)
+                return
             self.n_out += 1
             try:
                 await seg.emit([result])
@@ -823,13 +877,16 @@ class PoolHead(Head):
                 while nxt in results:
                     batch.append(results.pop(nxt))
                     nxt += 1
+                count = nxt - self._next
                 self._next = nxt
                 self.waiting = len(results)
+                batch = [r for r in batch if r is not _SKIPPED]
                 self.n_out += len(batch)
                 # the batch counts against the window until it is handed on: while the next
                 # edge is full, results behind it must not pile up past ``window - 1``
-                await seg.emit(batch)
-                self._admitted_done(len(batch))
+                if batch:
+                    await seg.emit(batch)
+                self._admitted_done(count)
         finally:
             self._emitting = False
 
@@ -854,11 +911,14 @@ class PoolHead(Head):
         if nxt == self._key_seq.get(k):  # every admitted item of the key is handed on
             del self._key_next[k], self._key_seq[k]
         self.waiting -= len(batch)
+        count = len(batch)
+        batch = [r for r in batch if r is not _SKIPPED]
         self.n_out += len(batch)
         try:
-            await seg.emit(batch)
+            if batch:
+                await seg.emit(batch)
         finally:
-            self._admitted_done(len(batch))
+            self._admitted_done(count)
 
 
 async def _call_any(target: Any, item: Any) -> Any:
@@ -1281,6 +1341,19 @@ class Segment:
 
 
 def _make_op(node: PlanNode) -> Op:
+    op = _build_op(node)
+    op.guard = _guard_for(node)
+    return op
+
+
+def _guard_for(node: PlanNode) -> Guard | None:
+    spec = node.spec
+    if getattr(spec, "runs_user_code", False) and spec.has_policies:  # type: ignore[union-attr]
+        return Guard(node.name, spec.on_error)  # type: ignore[union-attr]
+    return None
+
+
+def _build_op(node: PlanNode) -> Op:
     spec = node.spec
     name = node.name
     if isinstance(spec, MapStage):
@@ -1333,6 +1406,12 @@ def _make_head(node: PlanNode) -> Head:
     if isinstance(spec, PersistentStage | OnDemandStage):
         return PoolHead(node, spec)
     return AsyncEachHead(node, spec)
+
+
+def _guard_stats(guard: Guard | None) -> dict[str, int]:
+    if guard is None:
+        return {}
+    return {"skipped": guard.skipped, "dead_lettered": guard.dead_lettered, "retries": guard.retries}
 
 
 def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
@@ -1531,6 +1610,7 @@ class Runner:
                     name=h.name, operator=h.node.operator, lifecycle=h.node.lifecycle,
                     segment=seg.plan.index, items_in=h.n_in, items_out=h.n_out, errors=h.errors,
                     in_flight=h.in_flight, workers=h.workers, waiting=h.waiting,
+                    **_guard_stats(h.guard),
                 ))
             op_nodes = seg.plan.nodes if seg.plan.pass_head else seg.plan.nodes[1:]
             for node, op in zip(op_nodes, seg.ops, strict=True):
@@ -1538,6 +1618,7 @@ class Runner:
                     name=op.name, operator=node.operator, lifecycle=node.lifecycle,
                     segment=seg.plan.index, items_in=op.n_in, items_out=op.n_out,
                     errors=op.errors, in_flight=0, workers=1, waiting=0,
+                    **_guard_stats(op.guard),
                 ))
             if isinstance(seg.out, Router):
                 r = seg.out

@@ -19,6 +19,7 @@ import trio
 from ._callables import CallKind, classify
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._overflow import Overflow, Unbounded
+from ._policies import FAIL, DeadLetter, Fail, OnError, Retry, check_policies
 
 In = TypeVar("In", contravariant=True)
 Out = TypeVar("Out", covariant=True)
@@ -121,8 +122,16 @@ class Stage(Generic[In, Out]):
     buffer: int | Unbounded | None = None
     #: What that edge does when it is full (``Overflow.BLOCK``: backpressure).
     overflow: Overflow = Overflow.BLOCK
+    #: What to do when user code fails on an item (``Fail()``: fail fast).
+    on_error: OnError = FAIL
+    #: Retry a failed call first (``None``: no retry).
+    retry: Retry | None = None
+    #: Per-call time limit in seconds, for async functions (``None``: none).
+    timeout: float | None = None
 
     operator: ClassVar[str] = "stage"
+    #: Whether the stage calls user code per item (error policies apply only then).
+    runs_user_code: ClassVar[bool] = False
 
     @property
     def lifecycle(self) -> Lifecycle:
@@ -137,12 +146,43 @@ class Stage(Generic[In, Out]):
     def __attrs_post_init__(self) -> None:
         check_name(self.name)
         check_edge(self.buffer, self.overflow)
+        _check_stage_policies(self)
+
+    @property
+    def has_policies(self) -> bool:
+        """Whether a retry, a timeout or a non-failing error policy applies."""
+        return self.retry is not None or self.timeout is not None or not isinstance(self.on_error, Fail)
+
+    @property
+    def policies_need_task(self) -> bool:
+        """Retries wait, timeouts cancel, channel dead letters send: none can be fused."""
+        return (self.retry is not None or self.timeout is not None
+                or (isinstance(self.on_error, DeadLetter) and self.on_error.needs_task))
 
     def __or__(self, other: Stage[Out, V]) -> Stage[In, V]:
         """Compose two stages into one reusable fragment (``map(f) | filter(p)``)."""
         if not isinstance(other, Stage):
             raise DefinitionTypeError(f"a stage can be followed by a stage, got {other!r}")
         return Chain(stages=(*_flat(self), *_flat(other)))
+
+
+def _check_stage_policies(spec: Any) -> None:
+    check_policies(spec.on_error, spec.retry, spec.timeout)
+    if not spec.runs_user_code:
+        # (``batch`` has a ``timeout`` of its own meaning; it is validated there)
+        if spec.retry is not None or not isinstance(spec.on_error, Fail):
+            raise DefinitionValueError(
+                f"{spec.operator} runs no user code per item: on_error and retry do not apply"
+            )
+        return
+    if spec.timeout is not None:
+        object.__setattr__(spec, "timeout", check_seconds("timeout", spec.timeout))
+    kind = getattr(spec, "kind", CallKind.ASYNC)
+    if spec.timeout is not None and kind not in (CallKind.ASYNC,):
+        raise DefinitionValueError(
+            f"timeout needs an async fn: a plain function on the Trio thread cannot be "
+            f"interrupted (got {getattr(spec, 'fn', None)!r})"
+        )
 
 
 def _flat(stage: Stage[Any, Any]) -> tuple[Stage[Any, Any], ...]:
@@ -185,8 +225,12 @@ class Sink(Generic[In, R]):
     name: str | None = None
     buffer: int | Unbounded | None = None
     overflow: Overflow = Overflow.BLOCK
+    on_error: OnError = FAIL
+    retry: Retry | None = None
+    timeout: float | None = None
 
     operator: ClassVar[str] = "sink"
+    runs_user_code: ClassVar[bool] = False
 
     @property
     def lifecycle(self) -> Lifecycle:
@@ -196,9 +240,19 @@ class Sink(Generic[In, R]):
     def inline(self) -> bool:
         return False
 
+    @property
+    def has_policies(self) -> bool:
+        return self.retry is not None or self.timeout is not None or not isinstance(self.on_error, Fail)
+
+    @property
+    def policies_need_task(self) -> bool:
+        return (self.retry is not None or self.timeout is not None
+                or (isinstance(self.on_error, DeadLetter) and self.on_error.needs_task))
+
     def __attrs_post_init__(self) -> None:
         check_name(self.name)
         check_edge(self.buffer, self.overflow)
+        _check_stage_policies(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -228,9 +282,9 @@ class FnStage(Stage[In, Out]):
     kind: CallKind = attrs.field(default=CallKind.SYNC)
 
     allowed_kinds: ClassVar[frozenset[CallKind]] = frozenset({CallKind.SYNC, CallKind.ASYNC})
+    runs_user_code: ClassVar[bool] = True
 
     def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
         kind = classify(self.fn, "fn")
         if kind not in self.allowed_kinds:
             raise DefinitionTypeError(
@@ -238,10 +292,11 @@ class FnStage(Stage[In, Out]):
                 f"function {self.fn!r}"
             )
         object.__setattr__(self, "kind", kind)
+        super().__attrs_post_init__()
 
     @property
     def inline(self) -> bool:
-        return self.kind in (CallKind.SYNC, CallKind.SYNC_GEN)
+        return self.kind in (CallKind.SYNC, CallKind.SYNC_GEN) and not self.policies_need_task
 
 
 @attrs.frozen(kw_only=True)
@@ -322,7 +377,7 @@ class MapStage(FnStage[In, Out]):
 
     @property
     def inline(self) -> bool:
-        return self.kind is CallKind.SYNC
+        return self.kind is CallKind.SYNC and not self.policies_need_task
 
 
 @attrs.frozen(kw_only=True)
@@ -411,6 +466,7 @@ class PersistentStage(Stage[In, Out]):
     kind: CallKind = attrs.field(default=CallKind.ASYNC)
 
     operator: ClassVar[str] = "persistent"
+    runs_user_code: ClassVar[bool] = True
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -443,6 +499,7 @@ class OnDemandStage(Stage[In, Out]):
     window: int | None = None
 
     operator: ClassVar[str] = "on_demand"
+    runs_user_code: ClassVar[bool] = True
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -480,19 +537,20 @@ class FnSink(Sink[In, None]):
     kind: CallKind = attrs.field(default=CallKind.SYNC)
 
     operator: ClassVar[str] = "sink"
+    runs_user_code: ClassVar[bool] = True
 
     def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
         kind = classify(self.fn, "fn")
         if kind not in (CallKind.SYNC, CallKind.ASYNC):
             raise DefinitionTypeError(
                 f"fn of sink must be a plain or async function, got a {kind.value} function"
             )
         object.__setattr__(self, "kind", kind)
+        super().__attrs_post_init__()
 
     @property
     def inline(self) -> bool:
-        return self.kind is CallKind.SYNC
+        return self.kind is CallKind.SYNC and not self.policies_need_task
 
 
 @attrs.frozen(kw_only=True)
@@ -522,17 +580,18 @@ class ReduceSink(Sink[In, Any]):
     kind: CallKind = attrs.field(default=CallKind.SYNC)
 
     operator: ClassVar[str] = "reduce"
+    runs_user_code: ClassVar[bool] = True
 
     def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
         kind = classify(self.fn, "fn")
         if kind not in (CallKind.SYNC, CallKind.ASYNC):
             raise DefinitionTypeError(f"fn of reduce must be a plain or async function, got {kind.value}")
         object.__setattr__(self, "kind", kind)
+        super().__attrs_post_init__()
 
     @property
     def inline(self) -> bool:
-        return self.kind is CallKind.SYNC
+        return self.kind is CallKind.SYNC and not self.policies_need_task
 
 
 # -- sources ------------------------------------------------------------------------------------

@@ -38,6 +38,12 @@ class StageStatistics:
     workers: int
     #: Ordered pools: finished results waiting for an earlier item (the reorder buffer).
     waiting: int
+    #: Items dropped by ``on_error=Skip()``.
+    skipped: int = 0
+    #: Items sent to the dead-letter target by ``on_error=DeadLetter(...)``.
+    dead_lettered: int = 0
+    #: Calls retried by ``retry=Retry(...)`` (each extra attempt counts one).
+    retries: int = 0
 
 
 @attrs.frozen(kw_only=True)
