@@ -115,6 +115,7 @@ from ._policies import Skip as Skip
 from ._runner import Emit as Emit
 from ._runner import ItemStream as ItemStream
 from ._runner import RunHandle as RunHandle
+from ._signals import run_until_signal as run_until_signal
 from ._stage import Adaptive as Adaptive
 from ._stage import Lifecycle as Lifecycle
 from ._stage import Sink as Sink
@@ -197,6 +198,7 @@ __all__ = [
     "periodic",
     "persistent",
     "reduce",
+    "run_until_signal",
     "scan",
     "sink",
     "skip",

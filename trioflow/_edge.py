@@ -83,6 +83,7 @@ class Edge:
         "dropped",
         "items",
         "name",
+        "overfill",
         "overflow",
         "peak",
         "receive_closed",
@@ -116,6 +117,9 @@ class Edge:
         self.receive_closed = False
         self._not_empty = ParkingLot()
         self._not_full = ParkingLot()
+        #: set while a source drains: its puts never wait (at most one chunk over capacity
+        #: per producer), so a put under way when the drain starts still lands
+        self.overfill = False
         #: lots of fan-out routers (``balance``) waiting for room on any of several edges
         self.watchers: list[ParkingLot] = []
 
@@ -138,7 +142,7 @@ class Edge:
             if self.receive_closed:
                 raise DownstreamClosed
             items = self.items
-            if items == 0 or items + len(chunk) <= self._limit:
+            if items == 0 or items + len(chunk) <= self._limit or self.overfill:
                 break
             await self._not_full.park()
         n = len(chunk)
@@ -234,6 +238,11 @@ class Edge:
                 await cancel_shielded_checkpoint()
                 return None
             await self._not_empty.park()
+
+    def allow_overfill(self) -> None:
+        """Let every pending and future ``put`` through at once (used by ``drain``)."""
+        self.overfill = True
+        self._not_full.unpark_all()
 
     def close_send(self) -> None:
         """One producer is done. When all are, the consumer sees the end after draining."""

@@ -26,12 +26,13 @@ Theory of operation.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing
 from typing import Any, Generic, NoReturn, TypeVar, final
 
@@ -101,6 +102,8 @@ R = TypeVar("R")
 
 #: Bound on how long an async iterator's ``aclose`` may take when a run ends.
 _ACLOSE_TIMEOUT = 5.0
+#: Bound on how long closing a persistent worker's resource may take (shielded).
+CLEANUP_TIMEOUT = 10.0
 
 
 class _Status:
@@ -215,7 +218,7 @@ class IterableHead(Head):
         except Exception as exc:
             self.failed(exc, None, has_item=False)
             raise
-        while True:
+        while not seg.draining:
             started = clock()
             try:
                 chunk = list(islice(it, sizer.size))
@@ -247,7 +250,10 @@ class AsyncIterableHead(Head):
             n = 0
             while True:
                 try:
-                    item = await anext(it)
+                    with seg.drain_point() as cs:
+                        item = await anext(it)
+                    if cs.cancelled_caught:
+                        return
                 except StopAsyncIteration:
                     return
                 except Exception as exc:
@@ -282,7 +288,10 @@ class ChannelHead(Head):
         try:
             while True:
                 try:
-                    first = await channel.receive()
+                    with seg.drain_point() as cs:
+                        first = await channel.receive()
+                    if cs.cancelled_caught:
+                        return
                 except trio.EndOfChannel:
                     return
                 chunk = [first]
@@ -324,7 +333,10 @@ class PeriodicHead(Head):
             if now > target + interval:
                 # backpressure held us past a whole tick: restart timing, never burst
                 start, k, target = now, 0, now
-            await trio.sleep_until(target)
+            with seg.drain_point() as cs:
+                await trio.sleep_until(target)
+            if cs.cancelled_caught:
+                return
             self.n_out += 1
             await seg.emit([tick])
             k += 1
@@ -352,7 +364,8 @@ class Emit(Generic[T]):
         self._head.n_out += 1
         await self._seg.emit([item])
         self._n += 1
-        if self._n >= self._seg.chunk_size:  # a producer that never blocks still checkpoints
+        if self._n >= self._seg.chunk_size or self._seg.draining:
+            # a producer that never blocks still checkpoints; a draining one stops here
             self._n = 0
             await checkpoint()
 
@@ -374,11 +387,14 @@ class TaskSourceHead(Head):
     async def run(self, seg: Segment, status: _Status) -> None:
         emit: Emit[Any] = Emit(seg, self)
         try:
-            if self.wants_status:
-                await self.fn(emit, task_status=status)
-            else:
-                status.started()
-                await self.fn(emit)
+            # a drain cancels the user's source as a whole; its emits still land, because
+            # the drain first lets the output edge take them without waiting
+            with seg.drain_point():
+                if self.wants_status:
+                    await self.fn(emit, task_status=status)
+                else:
+                    status.started()
+                    await self.fn(emit)
         except Exception as exc:
             self.failed(exc, None, has_item=False)
             raise
@@ -781,12 +797,13 @@ class PoolHead(Head):
                 await self._work_loop(res)
             except BaseException as exc:
                 # resources are closed on every exit path, shielded so cancellation cannot
-                # interrupt the close; the original error is what propagates
-                with trio.CancelScope(shield=True):
+                # interrupt the close, and bounded so a close that hangs cannot hang the
+                # run; the original error is what propagates
+                with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                     await cm.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
             else:
-                with trio.CancelScope(shield=True):
+                with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                     await cm.__aexit__(None, None, None)
         finally:
             self.workers -= 1
@@ -1255,12 +1272,44 @@ class Segment:
         self.scope = trio.CancelScope()
         #: whether ``head.run`` was entered (if not, ``head.release`` must close its resources)
         self.head_ran = False
+        #: a source segment asked to stop producing (``drain``)
+        self.draining = False
+        self._drain_scopes: set[trio.CancelScope] = set()
         #: index of the op that asked to stop (-1: the head itself); None while running
         self.stopped_at: int | None = None
         self.downstream_gone = False
         for i, op in enumerate(self.ops):
             if op.done:
                 self.stopped_at = i
+
+    @contextlib.contextmanager
+    def drain_point(self) -> Iterator[trio.CancelScope]:
+        """Where a source waits for input: ``drain`` cancels this wait (and nothing else:
+        items already handed over are never lost). ``cancelled_caught`` tells the source
+        to stop."""
+        cs = trio.CancelScope()
+        if self.draining:
+            cs.cancel()
+        self._drain_scopes.add(cs)
+        try:
+            with cs:
+                yield cs
+        finally:
+            self._drain_scopes.discard(cs)
+
+    def request_drain(self) -> None:
+        """Stop this source: it produces nothing more, its fused ops are flushed and its
+        output ends cleanly. A put under way still lands (the edge may take one chunk over
+        capacity), then the waits of the source are cancelled."""
+        if self.draining:
+            return
+        self.draining = True
+        out = self.out
+        edges = out.edges if isinstance(out, Router) else [out] if out is not None else []
+        for edge in edges:
+            edge.allow_overfill()
+        for cs in list(self._drain_scopes):
+            cs.cancel()
 
     async def emit(self, items: list[Any]) -> None:
         """Pass items through the fused ops and queue the result on the output edge."""
@@ -1450,6 +1499,7 @@ class Runner:
         self.state = RunState.STARTING
         self._scope: trio.CancelScope | None = None
         self._cancel_requested = False
+        self.draining = False
         self._linked: list[trio.CancelScope] = []
         self._finished = trio.Event()
         self.edges: list[Edge] = [
@@ -1526,6 +1576,13 @@ class Runner:
         self._cancel_requested = True
         if self._scope is not None:
             self._scope.cancel()
+
+    def drain(self) -> None:
+        """Stop every source; what they handed over flows on to the sinks."""
+        self.draining = True
+        for seg in self.segments:
+            if not seg.inputs:
+                seg.request_drain()
 
     async def guarded(
         self, fn: Callable[..., Awaitable[None]], *args: Any,
@@ -1658,6 +1715,18 @@ class RunHandle(Generic[R]):
     def cancel(self) -> None:
         """Abort the run now: every task is cancelled; ``run`` returns without raising."""
         self._runner.cancel()
+
+    async def drain(self, timeout: float = math.inf) -> RunState:  # noqa: ASYNC109 - the abort point, not a deadline for the caller
+        """Stop the sources, let every item they handed over finish through to the sinks,
+        and wait for the run to end; if that takes more than ``timeout`` seconds, abort
+        (``cancel``). Returns the final state: ``COMPLETED`` after a full drain (the run
+        then completes normally and ``run`` returns the sinks' results), ``CANCELLED`` if
+        the timeout aborted it. Cancelling the caller does not affect the run."""
+        self._runner.drain()
+        with trio.move_on_after(timeout):
+            return await self._runner.wait_finished()
+        self._runner.cancel()
+        return await self._runner.wait_finished()
 
     @property
     def state(self) -> RunState:
