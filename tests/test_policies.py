@@ -302,3 +302,32 @@ async def test_fail_is_still_the_default_and_downstream_errors_are_not_skipped()
     # the async stage skips its own errors, not those of the fused stage after it
     with pytest.RaisesGroup(Boom):
         await (tf.from_iterable([1]) | tf.map(ident, on_error=tf.Skip()) | tf.map(boom)).run()
+
+
+async def test_collect_finishes_the_run_then_raises_every_failure() -> None:
+    got: list[int] = []
+    pipeline = (
+        tf.from_iterable(range(10))
+        | tf.map(bad_on({2, 5}), on_error=tf.Collect(), name="check")
+        | tf.sink(got.append)
+    )
+    handles = []
+    # the run's group (Boom, Boom) arrives wrapped by the test's own nursery
+    with pytest.RaisesGroup(pytest.RaisesGroup(Boom, Boom)):
+        async with trio.open_nursery() as nursery:
+            handles.append(await nursery.start(pipeline.run))
+    (handle,) = handles
+    assert got == [0, 1, 3, 4, 6, 7, 8, 9]  # the run completed: every other item went through
+    assert handle.state is tf.RunState.COMPLETED
+    assert [(e.item, e.stage) for e in handle.failures()] == [(2, "check"), (5, "check")]
+    assert handle.statistics().stage("check").dead_lettered == 2
+
+
+async def test_collect_report_and_single_group_level() -> None:
+    collect = tf.map(bad_on({1, 4}), on_error=tf.Collect(), name="c")
+    pipeline = tf.from_iterable(range(6)) | collect | tf.to_list()
+    with pytest.RaisesGroup(Boom, Boom, flatten_subgroups=False) as info:
+        await pipeline.run()
+    assert "completed" in str(info.value)
+    assert sorted(e.args[0] for e in info.value.exceptions) == [1, 4]
+    assert all(any("'c'" in n for n in e.__notes__) for e in info.value.exceptions)

@@ -106,6 +106,7 @@ from ._plan import Plan as Plan
 from ._plan import PlanNode as PlanNode
 from ._plan import PlanSegment as PlanSegment
 from ._policies import Backoff as Backoff
+from ._policies import Collect as Collect
 from ._policies import DeadLetter as DeadLetter
 from ._policies import DeadLetterEntry as DeadLetterEntry
 from ._policies import Fail as Fail
@@ -142,6 +143,7 @@ __all__ = [
     "AtLeast",
     "Backoff",
     "BestEffort",
+    "Collect",
     "DEFAULT",
     "DeadLetter",
     "DeadLetterEntry",

@@ -59,6 +59,15 @@ class Skip(OnError):
     """Drop the failed item; count it (``skipped``) and log the first one per stage."""
 
 
+@final
+@attrs.frozen
+class Collect(OnError):
+    """Record the failure in the run's report and go on with the next item. When the run
+    has completed, ``run`` raises one ``ExceptionGroup`` of every collected failure (each
+    leaf noting its stage and item), after the sinks finished; ``handle.failures()`` lists
+    them as ``DeadLetterEntry`` values. Collected items count as ``dead_lettered``."""
+
+
 def _check_target(instance: Any, attribute: Any, value: object) -> None:
     if isinstance(value, list | trio.MemorySendChannel | str | os.PathLike) or callable(value):
         return
@@ -169,7 +178,9 @@ class Retry:
 
 def check_policies(on_error: object, retry: object, timeout: object) -> None:
     if not isinstance(on_error, OnError):
-        raise DefinitionTypeError(f"on_error must be Fail(), Skip() or DeadLetter(...), got {on_error!r}")
+        raise DefinitionTypeError(
+            f"on_error must be Fail(), Skip(), DeadLetter(...) or Collect(), got {on_error!r}"
+        )
     if retry is not None and not isinstance(retry, Retry):
         raise DefinitionTypeError(f"retry must be a Retry(...) or None, got {retry!r}")
 
@@ -177,11 +188,13 @@ def check_policies(on_error: object, retry: object, timeout: object) -> None:
 class Guard:
     """The runtime side of a stage's policies: counters, and what to do with a failure."""
 
-    __slots__ = ("dead_lettered", "on_error", "retries", "rng", "skipped", "stage")
+    __slots__ = ("dead_lettered", "on_error", "report", "retries", "rng", "skipped", "stage")
 
     def __init__(self, stage: str, on_error: OnError) -> None:
         self.stage = stage
         self.on_error = on_error
+        #: the run's report, for ``Collect`` (set by the runner)
+        self.report: list[DeadLetterEntry] = []
         self.skipped = 0
         self.dead_lettered = 0
         self.retries = 0
@@ -207,6 +220,11 @@ class Guard:
             if self.skipped == 1:
                 logger.warning("trioflow: stage %r skipped item %s after %r (further skips are "
                                "only counted)", self.stage, short_repr(item), exc)
+            return
+        if isinstance(policy, Collect):
+            annotate(exc, self.stage, item)
+            self.report.append(self._entry(exc, item))
+            self.dead_lettered += 1
             return
         if isinstance(policy, DeadLetter) and not policy.needs_task:
             entry = self._entry(exc, item)

@@ -61,7 +61,7 @@ from ._ops import (
     TapOp,
 )
 from ._plan import DEFAULT, Plan, PlanNode, PlanSegment, RoutePort
-from ._policies import Fail, Guard, with_retry_and_timeout
+from ._policies import DeadLetterEntry, Fail, Guard, with_retry_and_timeout
 from ._stage import (
     DROPPED,
     Adaptive,
@@ -1502,6 +1502,8 @@ class Runner:
         self.draining = False
         self._linked: list[trio.CancelScope] = []
         self._finished = trio.Event()
+        #: failures recorded by stages with ``on_error=Collect()``
+        self.collected: list[DeadLetterEntry] = []
         self.edges: list[Edge] = [
             Edge(e.name, e.capacity, e.producers, e.overflow) for e in plan.edges
         ]
@@ -1537,6 +1539,9 @@ class Runner:
                 head = _make_head(seg_plan.nodes[0])
                 op_nodes = seg_plan.nodes[1:]
             ops = [_make_op(n) for n in op_nodes]
+            for guard in [head.guard, *(op.guard for op in ops)]:
+                if guard is not None:
+                    guard.report = self.collected
             inputs = [self.edges[i] for i in seg_plan.inputs]
             self.segments.append(Segment(self, seg_plan, head, ops, inputs, out, plan.chunk_size))
 
@@ -1638,8 +1643,17 @@ class Runner:
     def raise_errors(self, extra: Exception | None = None) -> None:
         """Raise the recorded errors as one ExceptionGroup level (nothing if none)."""
         if self.errors:
-            errors = [*self.errors, extra] if extra is not None else self.errors
+            errors = [*self.errors, extra] if extra is not None else list(self.errors)
+            errors += [e.exception for e in self.collected if isinstance(e.exception, Exception)]
             raise ExceptionGroup(f"trioflow run failed with {len(errors)} error(s)", errors)
+        if self.collected:
+            leaves = [e.exception for e in self.collected if isinstance(e.exception, Exception)]
+            if extra is not None:
+                leaves.append(extra)
+            raise ExceptionGroup(
+                f"trioflow run completed; {len(self.collected)} item(s) failed (on_error=Collect())",
+                leaves,
+            )
 
     def result(self) -> Any:
         """The result of the last segment's sink (linear flows have one sink)."""
@@ -1715,6 +1729,10 @@ class RunHandle(Generic[R]):
     def cancel(self) -> None:
         """Abort the run now: every task is cancelled; ``run`` returns without raising."""
         self._runner.cancel()
+
+    def failures(self) -> list[DeadLetterEntry]:
+        """The failures recorded so far by stages with ``on_error=Collect()``."""
+        return list(self._runner.collected)
 
     async def drain(self, timeout: float = math.inf) -> RunState:  # noqa: ASYNC109 - the abort point, not a deadline for the caller
         """Stop the sources, let every item they handed over finish through to the sinks,
