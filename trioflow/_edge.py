@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any, final
 
 from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
@@ -83,6 +84,7 @@ class Edge:
         "dropped",
         "items",
         "name",
+        "on_receive_closed",
         "overfill",
         "overflow",
         "peak",
@@ -120,6 +122,9 @@ class Edge:
         #: set while a source drains: its puts never wait (at most one chunk over capacity
         #: per producer), so a put under way when the drain starts still lands
         self.overfill = False
+        #: called (synchronously) when the consumer closes: lets an idle producer, one
+        #: waiting for its own input rather than in ``put``, learn it is no longer wanted
+        self.on_receive_closed: list[Callable[[], None]] = []
         #: lots of fan-out routers (``balance``) waiting for room on any of several edges
         self.watchers: list[ParkingLot] = []
 
@@ -263,3 +268,5 @@ class Edge:
             self._not_empty.unpark_all()
             for lot in self.watchers:
                 lot.unpark_all()
+            for callback in self.on_receive_closed:
+                callback()

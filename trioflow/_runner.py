@@ -1281,6 +1281,18 @@ class Segment:
         for i, op in enumerate(self.ops):
             if op.done:
                 self.stopped_at = i
+        out_edges = out.edges if isinstance(out, Router) else [out] if out is not None else []
+        for edge in out_edges:
+            edge.on_receive_closed.append(self._on_downstream_closed)
+
+    def _on_downstream_closed(self) -> None:
+        """A consumer of this segment stopped. When all have, stop now, even if the head
+        is waiting for input rather than in ``put`` (where it would otherwise notice)."""
+        out = self.out
+        edges = out.edges if isinstance(out, Router) else [out] if out is not None else []
+        if all(e.receive_closed for e in edges):
+            self.downstream_gone = True
+            self.scope.cancel()
 
     @contextlib.contextmanager
     def drain_point(self) -> Iterator[trio.CancelScope]:
