@@ -145,3 +145,35 @@ async def test_stage_chains_compose_and_flatten() -> None:
     flow = tf.from_iterable(range(6)) | frag
     assert await flow.to_list() == [20, 40, 60]
     assert [n.operator for n in flow.plan().nodes] == ["from_iterable", "map", "filter", "map", "discard"]
+
+
+def test_regression_skip_in_a_branch_does_not_deadlock_the_join() -> None:
+    """A skipped item used to vanish from its branch, so the join waited for it while the
+    other branches filled up: a deadlock. It now travels on as a tombstone."""
+
+    def bad(x: int) -> int:
+        if x < 200:
+            raise ValueError(x)
+        return -x
+
+    async def abad(x: int) -> int:
+        return bad(x)
+
+    async def main() -> tuple[list[tuple[int, int]], list[int]]:
+        letters: list[tf.DeadLetterEntry] = []
+        with trio.fail_after(1000):
+            joined = await (
+                tf.from_iterable(range(300))
+                | tf.fork_join(tf.map(lambda x: x), tf.map(bad, on_error=tf.Skip()),
+                               tf.map(abad, concurrency=3, on_error=tf.DeadLetter(letters)))
+            ).to_list(chunk_size=16, buffer=16)
+            parted = await (
+                tf.from_iterable(range(300))
+                | tf.partition(lambda x: x % 2, {0: tf.map(bad, on_error=tf.Skip()), 1: tf.map(abs)})
+            ).to_list(chunk_size=16, buffer=16)
+        assert sorted(e.item for e in letters) == list(range(200))  # values, not envelopes
+        return joined, parted
+
+    joined, parted = run_virtual(main)
+    assert joined == [(x, -x, -x) for x in range(200, 300)]
+    assert parted == [x if x % 2 else -x for x in range(300) if x % 2 or x >= 200]

@@ -89,7 +89,7 @@ def lift(stage: Stage[Any, Any], argument: str) -> Stage[Any, Any]:
                 return env if env[1] is DROPPED else (env[0], fn(env[1]))
         key = stage.key
         lifted_key = None if key is None else (lambda env: None if env[1] is DROPPED else key(env[1]))
-        return attrs.evolve(stage, fn=lifted, key=lifted_key)
+        return attrs.evolve(stage, fn=lifted, key=lifted_key, envelope=True)
     if isinstance(stage, FilterStage):
         pred = stage.fn
         if stage.kind is CallKind.ASYNC:
@@ -100,7 +100,9 @@ def lift(stage: Stage[Any, Any], argument: str) -> Stage[Any, Any]:
         else:
             def keep(env: Env) -> Env:  # type: ignore[misc]
                 return env if env[1] is DROPPED or pred(env[1]) else (env[0], DROPPED)
-        return _LiftedFilter(fn=keep, name=stage.name, buffer=stage.buffer, overflow=stage.overflow)
+        return _LiftedFilter(fn=keep, name=stage.name, buffer=stage.buffer, overflow=stage.overflow,
+                             on_error=stage.on_error, retry=stage.retry, timeout=stage.timeout,
+                             envelope=True)
     if isinstance(stage, TapStage):
         side = stage.fn
         if stage.kind is CallKind.ASYNC:
@@ -111,7 +113,7 @@ def lift(stage: Stage[Any, Any], argument: str) -> Stage[Any, Any]:
             def tap(env: Env) -> None:  # type: ignore[misc]
                 if env[1] is not DROPPED:
                     side(env[1])
-        return attrs.evolve(stage, fn=tap)
+        return attrs.evolve(stage, fn=tap, envelope=True)
     if isinstance(stage, PersistentStage):
         if not stage.ordered:
             raise DefinitionValueError(f"{bad} with ordered=False: a branch must keep item order")
@@ -120,12 +122,12 @@ def lift(stage: Stage[Any, Any], argument: str) -> Stage[Any, Any]:
         async def with_resource(res: Any, env: Env) -> Env:
             return env if env[1] is DROPPED else (env[0], await pfn(res, env[1]))
 
-        return attrs.evolve(stage, fn=with_resource)
+        return attrs.evolve(stage, fn=with_resource, envelope=True)
     if isinstance(stage, OnDemandStage):
         if not stage.ordered:
             raise DefinitionValueError(f"{bad} with ordered=False: a branch must keep item order")
         factory = stage.factory
-        return attrs.evolve(stage, factory=lambda: _LiftedInstance(factory()))
+        return attrs.evolve(stage, factory=lambda: _LiftedInstance(factory()), envelope=True)
     raise DefinitionValueError(
         f"{bad}: branches must keep one output per item in order (map, filter, tap, "
         "persistent, on_demand, parallel)"

@@ -194,10 +194,11 @@ def map(
 
     * emits: ``fn(item)`` for each item; in input order unless ``ordered=False``, which
       emits each result as soon as it is ready;
-    * backpressure: no new item is taken while N calls are running, or (ordered) while
-      ``window`` items (default 2·N) are between the oldest not yet emitted and the newest
-      started, so finished results waiting for their turn never exceed ``window - 1``;
-      nothing is taken while the next edge is full;
+    * backpressure: at most N calls run at once; items are admitted (queued for a worker)
+      only while fewer than ``window`` items (default 2·N) are between the oldest not yet
+      emitted and the newest admitted (unordered: fewer than 2·N admitted and not yet
+      handed on), so finished results waiting for their turn never exceed ``window - 1``;
+      results wait while the next edge is full;
     * completes: when the input completed and every call finished and was emitted;
     * cancelled: by the run, or when downstream stops; calls under way are cancelled;
     * on error: the exception fails the run (fail-fast), noted with stage and item.

@@ -18,6 +18,7 @@ from typing import Any
 
 from ._errors import annotate
 from ._policies import Guard
+from ._stage import DROPPED
 
 Chunk = list[Any]
 
@@ -30,7 +31,7 @@ class Op:
     to the guard (counted, dead-lettered) and produces nothing, so no item is ever emitted
     in part and skipped too."""
 
-    __slots__ = ("done", "errors", "guard", "n_in", "n_out", "name", "operator")
+    __slots__ = ("done", "envelope", "errors", "guard", "n_in", "n_out", "name", "operator")
 
     def __init__(self, name: str, operator: str) -> None:
         self.name = name
@@ -40,6 +41,8 @@ class Op:
         self.errors = 0
         self.done = False
         self.guard: Guard | None = None
+        #: items are ``(seq, value)`` envelopes of a fork_join/partition branch
+        self.envelope = False
 
     def process(self, chunk: Chunk) -> Chunk:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -61,7 +64,12 @@ class Op:
                 produced = self.apply_one(x)
             except Exception as exc:
                 self.errors += 1
-                guard.handle(exc, x)
+                if self.envelope:
+                    # a branch never drops an envelope: the join would wait for it
+                    guard.handle(exc, x[1])
+                    out.append((x[0], DROPPED))
+                else:
+                    guard.handle(exc, x)
                 continue
             out.extend(produced)
         self.n_in += n

@@ -165,6 +165,7 @@ class Head:
         self.workers = 1
         self.waiting = 0
         self.guard: Guard | None = _guard_for(node) if node is not None else None
+        self.envelope = bool(node is not None and getattr(node.spec, "envelope", False))
 
     async def run(self, seg: Segment, status: _Status) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -179,7 +180,7 @@ class Head:
             self.failed(exc, item)
             return False
         self.errors += 1
-        await guard.ahandle(exc, item)
+        await guard.ahandle(exc, item[1] if self.envelope else item)  # type: ignore[index]
         return True
 
     def failed(self, exc: BaseException, item: object, *, has_item: bool = True) -> None:
@@ -476,6 +477,8 @@ class AsyncEachHead(Head):
                 except Exception as exc:
                     if not await self.recover(exc, item):
                         raise
+                    if self.envelope:  # a branch never drops an envelope (the join waits)
+                        await seg.emit([(item[0], DROPPED)])
                 finally:
                     self.in_flight = 0
 
@@ -836,7 +839,8 @@ class PoolHead(Head):
             except Exception as exc:
                 if not await self.recover(exc, item):
                     raise
-                r = _SKIPPED  # its place in the order is handed on, empty
+                # its place in the order is handed on, empty (in a branch: a tombstone)
+                r = (item[0], DROPPED) if self.envelope else _SKIPPED
             finally:
                 self.in_flight -= 1
             if keyed:
@@ -860,7 +864,7 @@ class PoolHead(Head):
             except Exception as exc:
                 if not await self.recover(exc, item):
                     raise
-                r = _SKIPPED
+                r = (item[0], DROPPED) if self.envelope else _SKIPPED
         finally:
             self.in_flight -= 1
             self._running -= 1
@@ -990,9 +994,11 @@ class ZipHead(Head):
 
 class JoinHead(Head):
     """Reunites ``(seq, value)`` envelopes from order-keeping inputs: emits the values of
-    every ``seq`` that reached all inputs (a tuple, or a dict with the spec's ``keys``). A
-    ``seq`` missing from one input (filtered there) is dropped from the others; when any
-    input ends, nothing later can be complete, so the join completes."""
+    every ``seq`` (a tuple, or a dict with the spec's ``keys``), leaving out items that a
+    branch filtered or skipped (they arrive as tombstones). Branches hand on one envelope
+    per item, so the inputs are read in lockstep with bounded buffers; a ``seq`` missing
+    from an input is still dropped from the others, defensively. When any input ends,
+    nothing later can be complete, so the join completes."""
 
     def __init__(self, node: PlanNode) -> None:
         super().__init__(node)
@@ -1038,8 +1044,9 @@ class JoinHead(Head):
 class OrderedMergeHead(Head):
     """Merges ``(seq, value)`` envelopes from order-keeping inputs back into ``seq`` order
     and emits the values. The next item is emitted as soon as it is the next ``seq`` or,
-    when numbers are missing (filtered), once every live input has shown its next item.
-    A reader task per input keeps at most two chunks buffered (backpressure)."""
+    when numbers are missing, once every live input has shown its next item. A reader task
+    per input stops reading while ``2 * chunk_size`` items are buffered for it, so at most
+    about three chunks wait per input (backpressure)."""
 
     async def run(self, seg: Segment, status: _Status) -> None:
         inputs = seg.inputs
@@ -1404,6 +1411,7 @@ class Segment:
 def _make_op(node: PlanNode) -> Op:
     op = _build_op(node)
     op.guard = _guard_for(node)
+    op.envelope = bool(getattr(node.spec, "envelope", False))
     return op
 
 

@@ -128,6 +128,9 @@ class Stage(Generic[In, Out]):
     retry: Retry | None = None
     #: Per-call time limit in seconds, for async functions (``None``: none).
     timeout: float | None = None
+    #: Internal: the stage was lifted into a fork_join/partition branch and sees
+    #: ``(seq, value)`` envelopes; an item its error policy drops becomes a tombstone.
+    envelope: bool = False
 
     operator: ClassVar[str] = "stage"
     #: Whether the stage calls user code per item (error policies apply only then).
@@ -758,8 +761,8 @@ class ZipSpec(FanIn):
 @attrs.frozen(kw_only=True)
 class JoinSpec(FanIn):
     """Reunites ``(seq, value)`` envelopes from order-keeping branches: emits the tuple of
-    values (or a dict, with ``keys``) of every ``seq`` that reached all inputs; a ``seq``
-    missing from a branch (filtered) is dropped from the others."""
+    values (or a dict, with ``keys``) of every ``seq``; an item that a branch filtered or
+    skipped arrives as a tombstone and is left out of the join (an inner join)."""
 
     keys: tuple[str, ...] | None = None
 
