@@ -111,6 +111,7 @@ from ._policies import DeadLetter as DeadLetter
 from ._policies import DeadLetterEntry as DeadLetterEntry
 from ._policies import Fail as Fail
 from ._policies import OnError as OnError
+from ._policies import Restart as Restart
 from ._policies import Retry as Retry
 from ._policies import Skip as Skip
 from ._runner import Emit as Emit
@@ -170,6 +171,7 @@ __all__ = [
     "PlanNode",
     "PlanSegment",
     "Port",
+    "Restart",
     "Retry",
     "RouteNode",
     "RunHandle",

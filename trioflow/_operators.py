@@ -31,7 +31,7 @@ import trio
 
 from ._flow import Flow
 from ._overflow import Overflow, Unbounded
-from ._policies import FAIL, OnError, Retry
+from ._policies import FAIL, OnError, Restart, Retry
 from ._stage import (
     Adaptive,
     AsyncIterableSource,
@@ -120,7 +120,9 @@ def periodic(interval: float, *, count: int | None = None, name: str | None = No
     return Flow(source=PeriodicSource(interval=interval, count=count, name=name))
 
 
-def source(fn: Callable[..., Awaitable[None]], *, name: str | None = None) -> Flow[Any]:
+def source(
+    fn: Callable[..., Awaitable[None]], *, name: str | None = None, restart: Restart | None = None
+) -> Flow[Any]:
     """A continuous source from an async function ``fn(emit)`` that produces items.
 
     ``fn`` calls ``await emit(item)`` or ``await emit.many(items)``. If ``fn`` accepts a
@@ -132,9 +134,11 @@ def source(fn: Callable[..., Awaitable[None]], *, name: str | None = None) -> Fl
     * completes: when ``fn`` returns;
     * cancelled: by the run, or when downstream stops: ``emit`` then raises
       ``trio.Cancelled`` so ``fn`` unwinds as on any cancellation;
-    * on error: an exception from ``fn`` fails the run.
+    * on error: an exception from ``fn`` fails the run; with ``restart=Restart(...)``
+      ``fn`` is called again (with backoff, within the restart budget) and goes on
+      emitting into the same pipeline.
     """
-    return Flow(source=TaskSource(fn=fn, name=name))
+    return Flow(source=TaskSource(fn=fn, name=name, restart=restart))
 
 
 # ----------------------------------------------------------------------------------- stages
@@ -405,6 +409,7 @@ def persistent(
     workers: int | Adaptive = 1,
     ordered: bool = True,
     window: int | None = None,
+    restart: Restart | None = None,
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
@@ -423,9 +428,11 @@ def persistent(
     * backpressure: as ``map(concurrency=workers)``;
     * completes: when the input completed and every call was emitted; resources closed;
     * cancelled: by the run or when downstream stops;
-    * on error: an error from ``fn`` or from building a resource fails the run.
+    * on error: an error from ``fn`` or from building a resource fails the run; with
+      ``restart=Restart(...)`` the worker closes its resource, waits, builds a new one and
+      retries the failed item (within the restart budget; beyond it the run fails).
     """
-    return PersistentStage(fn=fn, resource=resource, workers=workers, ordered=ordered,
+    return PersistentStage(fn=fn, resource=resource, workers=workers, ordered=ordered, restart=restart,
                            window=window, name=name, buffer=buffer, overflow=overflow,
         on_error=on_error, retry=retry, timeout=timeout)
 

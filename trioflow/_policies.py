@@ -278,3 +278,64 @@ def with_retry_and_timeout(
                 attempt += 1
 
     return call
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Restart:
+    """Supervision: restart a failed persistent worker (its resource is rebuilt) or a
+    failed continuous source, with backoff, instead of failing the run.
+
+    At most ``max_restarts`` restarts within any ``within`` seconds (Trio's clock); one
+    more failure in that window fails the run with the error. After ``reset_after``
+    quiet seconds (default: ``within``) the count starts again. Restart ``n`` of a run of
+    failures waits ``backoff.delay(n)``. A persistent worker's failed item is retried on
+    the fresh resource (at-least-once); the restart count is ``restarts`` in
+    ``statistics()``.
+    """
+
+    max_restarts: int = 3
+    within: float = 60.0
+    backoff: Backoff = Backoff()
+    reset_after: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        m = self.max_restarts
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise DefinitionValueError(f"max_restarts of Restart must be an int >= 0, got {m!r}")
+        for name in ("within", "reset_after"):
+            v = getattr(self, name)
+            if v is None and name == "reset_after":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or v <= 0:
+                raise DefinitionValueError(f"{name} of Restart must be a number > 0, got {v!r}")
+        if not isinstance(self.backoff, Backoff):
+            raise DefinitionTypeError(f"backoff of Restart must be a Backoff, got {self.backoff!r}")
+
+
+class Supervisor:
+    """The pure bookkeeping of a ``Restart`` policy: given failure times, decide whether to
+    restart (and after how long) or give up."""
+
+    __slots__ = ("_last_failure", "_recent", "policy", "restarts", "rng")
+
+    def __init__(self, policy: Restart, rng: random.Random | None = None) -> None:
+        self.policy = policy
+        self.restarts = 0
+        self._recent: list[float] = []  # times of the restarts still inside the window
+        self._last_failure: float | None = None
+        self.rng = rng or random.Random()
+
+    def on_failure(self, now: float) -> float | None:
+        """A failure at ``now``: the delay before restarting, or None to give up."""
+        p = self.policy
+        quiet = p.reset_after if p.reset_after is not None else p.within
+        if self._last_failure is not None and now - self._last_failure >= quiet:
+            self._recent.clear()  # a quiet period: the count starts again
+        self._last_failure = now
+        self._recent = [t for t in self._recent if now - t < p.within]
+        if len(self._recent) >= p.max_restarts:
+            return None
+        self._recent.append(now)
+        self.restarts += 1
+        return p.backoff.delay(len(self._recent), self.rng)

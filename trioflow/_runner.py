@@ -61,7 +61,7 @@ from ._ops import (
     TapOp,
 )
 from ._plan import DEFAULT, Plan, PlanNode, PlanSegment, RoutePort
-from ._policies import DeadLetterEntry, Fail, Guard, with_retry_and_timeout
+from ._policies import DeadLetterEntry, Fail, Guard, Restart, Supervisor, with_retry_and_timeout
 from ._stage import (
     DROPPED,
     Adaptive,
@@ -169,6 +169,11 @@ class Head:
 
     async def run(self, seg: Segment, status: _Status) -> None:  # pragma: no cover
         raise NotImplementedError
+
+    @property
+    def restarts(self) -> int:
+        sup = getattr(self, "supervisor", None)
+        return 0 if sup is None else int(sup.restarts)
 
     async def recover(self, exc: Exception, item: object) -> bool:
         """A call of user code failed on ``item``: apply the stage's error policy. Returns
@@ -384,6 +389,7 @@ class TaskSourceHead(Head):
         super().__init__(node)
         self.fn = spec.fn
         self.wants_status = spec.wants_status
+        self.supervisor = Supervisor(spec.restart) if spec.restart is not None else None
 
     async def run(self, seg: Segment, status: _Status) -> None:
         emit: Emit[Any] = Emit(seg, self)
@@ -391,11 +397,23 @@ class TaskSourceHead(Head):
             # a drain cancels the user's source as a whole; its emits still land, because
             # the drain first lets the output edge take them without waiting
             with seg.drain_point():
-                if self.wants_status:
-                    await self.fn(emit, task_status=status)
-                else:
-                    status.started()
-                    await self.fn(emit)
+                while True:
+                    try:
+                        if self.wants_status:
+                            await self.fn(emit, task_status=status)
+                        else:
+                            status.started()
+                            await self.fn(emit)
+                    except Exception as exc:
+                        if self.supervisor is None or getattr(exc, "_trioflow_annotated", False):
+                            raise  # (an annotated error came from downstream, via emit)
+                        delay = self.supervisor.on_failure(trio.current_time())
+                        if delay is None:
+                            raise
+                        self.errors += 1
+                        await trio.sleep(delay)
+                    else:
+                        return
         except Exception as exc:
             self.failed(exc, None, has_item=False)
             raise
@@ -646,6 +664,8 @@ class PoolHead(Head):
             size = spec.limit
             self.factory = spec.factory
             self.fn = spec.factory
+        restart = getattr(spec, "restart", None)
+        self.supervisor = Supervisor(restart) if isinstance(restart, Restart) else None
         # retries and timeouts wrap the call; error policies are applied around it
         self.fn = _policy_call(spec, self.fn, self.guard)
         self._instance_call = _policy_call(spec, _call_any, self.guard)
@@ -784,34 +804,69 @@ class PoolHead(Head):
     async def _worker(self, task_status: _Status) -> None:
         try:
             if self.resource is None:
-                await self._work_loop(None)
+                await self._work_loop(None, [None])
                 return
-            try:
-                cm = self.resource()
-                res = await cm.__aenter__()
-            except Exception as exc:
-                self.failed(exc, None, has_item=False)
-                exc.add_note(f"trioflow: while building the resource of a worker of {self.name!r}")
-                raise
-            try:
-                self._ready += 1
-                if self._ready == self.min_workers:
-                    self._all_ready.set()
-                await self._work_loop(res)
-            except BaseException as exc:
-                # resources are closed on every exit path, shielded so cancellation cannot
-                # interrupt the close, and bounded so a close that hangs cannot hang the
-                # run; the original error is what propagates
-                with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-                    await cm.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-            else:
-                with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-                    await cm.__aexit__(None, None, None)
+            current: list[tuple[int, Any, Any] | None] = [None]
+            ready = False
+            while True:
+                try:
+                    ready = await self._serve_with_resource(current, ready)
+                except Exception as exc:
+                    delay = self._restart_delay(exc)
+                    if delay is None:
+                        raise
+                    if current[0] is not None:
+                        # the failed item is retried on the fresh resource (at-least-once)
+                        self._queue.appendleft(current[0])
+                        current[0] = None
+                    await trio.sleep(delay)
+                else:
+                    return
         finally:
             self.workers -= 1
 
-    async def _work_loop(self, res: Any) -> None:
+    def _restart_delay(self, exc: Exception) -> float | None:
+        """Supervision: how long to wait before restarting after ``exc``, or None to fail.
+        Errors that came from downstream (through ``emit``) are never restarted."""
+        if self.supervisor is None or getattr(exc, "trioflow_stage", None) != self.name:
+            return None
+        return self.supervisor.on_failure(trio.current_time())
+
+    @property
+    def restarts(self) -> int:
+        return 0 if self.supervisor is None else self.supervisor.restarts
+
+    async def _serve_with_resource(
+        self, current: list[tuple[int, Any, Any] | None], ready: bool
+    ) -> bool:
+        assert self.resource is not None
+        try:
+            cm = self.resource()
+            res = await cm.__aenter__()
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)
+            exc.add_note(f"trioflow: while building the resource of a worker of {self.name!r}")
+            raise
+        try:
+            if not ready:
+                ready = True
+                self._ready += 1
+                if self._ready == self.min_workers:
+                    self._all_ready.set()
+            await self._work_loop(res, current)
+        except BaseException as exc:
+            # resources are closed on every exit path, shielded so cancellation cannot
+            # interrupt the close, and bounded so a close that hangs cannot hang the
+            # run; the original error is what propagates
+            with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                await cm.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        else:
+            with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                await cm.__aexit__(None, None, None)
+        return ready
+
+    async def _work_loop(self, res: Any, current: list[tuple[int, Any, Any] | None]) -> None:
         queue = self._queue
         fn = self.fn
         with_resource = self.resource is not None
@@ -832,7 +887,9 @@ class PoolHead(Head):
                 if not woken and not queue and self.workers > self.min_workers:
                     return  # idle for `idle` seconds: shrink
                 continue
-            seq, item, k = queue.popleft()
+            job = queue.popleft()
+            seq, item, k = job
+            current[0] = job
             self.in_flight += 1
             try:
                 r = await (fn(res, item) if with_resource else fn(item))
@@ -843,6 +900,7 @@ class PoolHead(Head):
                 r = (item[0], DROPPED) if self.envelope else _SKIPPED
             finally:
                 self.in_flight -= 1
+            current[0] = None
             if keyed:
                 self._release_key(k)
                 if not self.ordered and self.per_key > 1:
@@ -1701,7 +1759,7 @@ class Runner:
                     name=h.name, operator=h.node.operator, lifecycle=h.node.lifecycle,
                     segment=seg.plan.index, items_in=h.n_in, items_out=h.n_out, errors=h.errors,
                     in_flight=h.in_flight, workers=h.workers, waiting=h.waiting,
-                    **_guard_stats(h.guard),
+                    restarts=h.restarts, **_guard_stats(h.guard),
                 ))
             op_nodes = seg.plan.nodes if seg.plan.pass_head else seg.plan.nodes[1:]
             for node, op in zip(op_nodes, seg.ops, strict=True):

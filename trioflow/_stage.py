@@ -19,7 +19,7 @@ import trio
 from ._callables import CallKind, classify
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._overflow import Overflow, Unbounded
-from ._policies import FAIL, DeadLetter, Fail, OnError, Retry, check_policies
+from ._policies import FAIL, DeadLetter, Fail, OnError, Restart, Retry, check_policies
 
 In = TypeVar("In", contravariant=True)
 Out = TypeVar("Out", covariant=True)
@@ -464,6 +464,8 @@ class PersistentStage(Stage[In, Out]):
     fn: Callable[..., Any]
     resource: Callable[[], AbstractAsyncContextManager[Any]]
     workers: int | Adaptive = 1
+    #: supervision: restart a failed worker (rebuilding its resource) instead of failing
+    restart: Restart | None = None
     ordered: bool = True
     window: int | None = None
     kind: CallKind = attrs.field(default=CallKind.ASYNC)
@@ -488,6 +490,8 @@ class PersistentStage(Stage[In, Out]):
         top = check_workers("workers", self.workers)
         check_bool("ordered", self.ordered)
         check_window(self.window, top)
+        if self.restart is not None and not isinstance(self.restart, Restart):
+            raise DefinitionTypeError(f"restart must be a Restart(...) or None, got {self.restart!r}")
 
     @property
     def lifecycle(self) -> Lifecycle:
@@ -653,6 +657,8 @@ class PeriodicSource(Source[int]):
 class TaskSource(Source[T]):
     fn: Callable[..., Any]
     wants_status: bool = False
+    #: supervision: call ``fn`` again after it failed, instead of failing the run
+    restart: Restart | None = None
 
     operator: ClassVar[str] = "source"
 
@@ -665,6 +671,8 @@ class TaskSource(Source[T]):
         from ._callables import accepts_keyword
 
         object.__setattr__(self, "wants_status", accepts_keyword(self.fn, "task_status"))
+        if self.restart is not None and not isinstance(self.restart, Restart):
+            raise DefinitionTypeError(f"restart must be a Restart(...) or None, got {self.restart!r}")
 
 
 class _Dropped:

@@ -44,6 +44,8 @@ class StageStatistics:
     dead_lettered: int = 0
     #: Calls retried by ``retry=Retry(...)`` (each extra attempt counts one).
     retries: int = 0
+    #: Restarts by supervision (``restart=Restart(...)``) of workers or a source.
+    restarts: int = 0
 
 
 @attrs.frozen(kw_only=True)
