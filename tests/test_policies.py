@@ -331,3 +331,25 @@ async def test_collect_report_and_single_group_level() -> None:
     assert "completed" in str(info.value)
     assert sorted(e.args[0] for e in info.value.exceptions) == [1, 4]
     assert all(any("'c'" in n for n in e.__notes__) for e in info.value.exceptions)
+
+
+async def test_parallel_block_follows_the_stage_error_policy(autojump_clock: trio.testing.MockClock) -> None:
+    tries: Counter[int] = Counter()
+
+    async def flaky(x: int) -> int:
+        tries[x] += 1
+        if x == 1 and tries[x] < 2:
+            raise Boom(x)
+        if x == 2:
+            raise Boom(x)
+        return x
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    letters: list[tf.DeadLetterEntry] = []
+    stage = tf.parallel(flaky, double, on_error=tf.DeadLetter(letters),
+                        retry=tf.Retry(attempts=2, backoff=tf.Backoff(min=1, jitter=0)))
+    out = await (tf.from_iterable(range(4)) | stage).to_list()
+    assert out == [(0, 0), (1, 2), (3, 6)]
+    assert [(e.item, e.attempt) for e in letters] == [(2, 2)]

@@ -35,6 +35,7 @@ import trio
 
 from ._callables import CallKind, classify
 from ._errors import DefinitionTypeError, DefinitionValueError, TrioflowError
+from ._policies import FAIL, OnError, Retry
 from ._stage import MapStage, Stage, check_int, check_seconds
 
 __all__ = [
@@ -303,6 +304,8 @@ def parallel(
     ordered: bool = True,
     name: str | None = None,
     buffer: int | None = None,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
 ) -> Stage[T, tuple[Any, ...]]: ...
 @overload
 def parallel(
@@ -313,6 +316,8 @@ def parallel(
     ordered: bool = True,
     name: str | None = None,
     buffer: int | None = None,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
     **fns: Callable[[T], object],
 ) -> Stage[T, dict[str, Any]]: ...
 def parallel(
@@ -323,14 +328,16 @@ def parallel(
     ordered: bool = True,
     name: str | None = None,
     buffer: int | None = None,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
     **named: Callable[[Any], object],
 ) -> Stage[Any, Any]:
     """Run several functions on each item at once; combine their results under ``policy``.
 
     ``parallel(f1, f2, f3)`` emits ``(f1(x), f2(x), f3(x))``; the named form
     ``parallel(enrich=f1, score=f2)`` emits ``{"enrich": ..., "score": ...}`` in declaration
-    order (the keywords ``policy``, ``timeout``, ``concurrency``, ``ordered``, ``name`` and
-    ``buffer`` cannot name a function). Each function may be plain or async; all of an
+    order (the keywords ``policy``, ``timeout``, ``concurrency``, ``ordered``, ``name``,
+    ``buffer``, ``on_error`` and ``retry`` cannot name a function). Each function may be plain or async; all of an
     item's functions run as tasks of one child nursery under one cancel scope, so a
     cancelled function is really stopped (no task outlives its item). A plain function is
     called on the Trio thread and cannot be interrupted once started.
@@ -355,7 +362,9 @@ def parallel(
     * on error: ``AllOrNothing`` fails the run with the first failure's original exception,
       noted with its branch (so ``except* ValueError`` works); ``AtLeast``/``FirstK`` fail
       it with ``ParallelBlockError`` (``.outcomes``, ``__cause__`` the first failure) once
-      ``k`` successes are out of reach; ``BestEffort`` never fails an item.
+      ``k`` successes are out of reach; ``BestEffort`` never fails an item. A failed
+      block then follows the stage's ``on_error``/``retry`` (a retry runs the whole block
+      again), like any ``map``.
     """
     if fns and named:
         raise DefinitionTypeError(
@@ -390,7 +399,7 @@ def parallel(
         timeout = check_seconds("timeout", timeout)
     block = _Block(branches=tuple(branches), keys=keys, policy=policy, timeout=timeout)
     return ParallelStage(fn=block, concurrency=concurrency, ordered=ordered, window=None,
-                         name=name, buffer=buffer)
+                         name=name, buffer=buffer, on_error=on_error, retry=retry)
 
 
 def _branch(fn: object, label: str, argument: str) -> _Branch:
