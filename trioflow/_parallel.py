@@ -337,10 +337,10 @@ def parallel(
     ``parallel(f1, f2, f3)`` emits ``(f1(x), f2(x), f3(x))``; the named form
     ``parallel(enrich=f1, score=f2)`` emits ``{"enrich": ..., "score": ...}`` in declaration
     order (the keywords ``policy``, ``timeout``, ``concurrency``, ``ordered``, ``name``,
-    ``buffer``, ``on_error`` and ``retry`` cannot name a function). Each function may be plain or async; all of an
-    item's functions run as tasks of one child nursery under one cancel scope, so a
-    cancelled function is really stopped (no task outlives its item). A plain function is
-    called on the Trio thread and cannot be interrupted once started.
+    ``buffer``, ``on_error`` and ``retry`` cannot name a function). Each function may be
+    plain or async; all of an item's functions run as tasks of one child nursery under one
+    cancel scope, so a cancelled function is really stopped (no task outlives its item). A
+    plain function is called on the Trio thread and cannot be interrupted once started.
 
     Policies (``trioflow.AllOrNothing()`` is the default):
 

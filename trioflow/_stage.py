@@ -154,19 +154,27 @@ class Stage(Generic[In, Out]):
     @property
     def has_policies(self) -> bool:
         """Whether a retry, a timeout or a non-failing error policy applies."""
-        return self.retry is not None or self.timeout is not None or not isinstance(self.on_error, Fail)
+        return _has_policies(self)
 
     @property
     def policies_need_task(self) -> bool:
         """Retries wait, timeouts cancel, channel dead letters send: none can be fused."""
-        return (self.retry is not None or self.timeout is not None
-                or (isinstance(self.on_error, DeadLetter) and self.on_error.needs_task))
+        return _policies_need_task(self)
 
     def __or__(self, other: Stage[Out, V]) -> Stage[In, V]:
         """Compose two stages into one reusable fragment (``map(f) | filter(p)``)."""
         if not isinstance(other, Stage):
             raise DefinitionTypeError(f"a stage can be followed by a stage, got {other!r}")
         return Chain(stages=(*_flat(self), *_flat(other)))
+
+
+def _has_policies(spec: Any) -> bool:
+    return spec.retry is not None or spec.timeout is not None or not isinstance(spec.on_error, Fail)
+
+
+def _policies_need_task(spec: Any) -> bool:
+    return (spec.retry is not None or spec.timeout is not None
+            or (isinstance(spec.on_error, DeadLetter) and spec.on_error.needs_task))
 
 
 def _check_stage_policies(spec: Any) -> None:
@@ -245,12 +253,13 @@ class Sink(Generic[In, R]):
 
     @property
     def has_policies(self) -> bool:
-        return self.retry is not None or self.timeout is not None or not isinstance(self.on_error, Fail)
+        """Whether a retry, a timeout or a non-failing error policy applies."""
+        return _has_policies(self)
 
     @property
     def policies_need_task(self) -> bool:
-        return (self.retry is not None or self.timeout is not None
-                or (isinstance(self.on_error, DeadLetter) and self.on_error.needs_task))
+        """Retries wait, timeouts cancel, channel dead letters send: none can be fused."""
+        return _policies_need_task(self)
 
     def __attrs_post_init__(self) -> None:
         check_name(self.name)
