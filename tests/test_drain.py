@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trioflow as tf
+from trioflow.testing import assert_no_leftovers
 
 
 def run_virtual(fn, *args):  # type: ignore[no-untyped-def]
@@ -93,7 +94,7 @@ async def test_drain_timeout_aborts_a_stuck_run(autojump_clock: trio.testing.Moc
         await trio.sleep_forever()
 
     pipeline = tf.from_iterable(itertools.count()) | tf.sink(stuck)
-    async with trio.open_nursery() as nursery:
+    async with assert_no_leftovers(), trio.open_nursery() as nursery:
         handle = await nursery.start(pipeline.run)
         start = trio.current_time()
         state = await handle.drain(timeout=5)

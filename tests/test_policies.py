@@ -353,3 +353,52 @@ async def test_parallel_block_follows_the_stage_error_policy(autojump_clock: tri
     out = await (tf.from_iterable(range(4)) | stage).to_list()
     assert out == [(0, 0), (1, 2), (3, 6)]
     assert [(e.item, e.attempt) for e in letters] == [(2, 2)]
+
+
+# -- with the public testing kit: fault schedules over every policy ---------------------------
+
+from trioflow import testing as tft  # noqa: E402
+from trioflow.testing import strategies as tfs  # noqa: E402
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    schedule=tfs.fault_schedules(20),
+    run=tfs.run_settings(),
+    policy=st.sampled_from(["skip", "dead_letter", "collect"]),
+    pooled=st.booleans(),
+)
+def test_fault_schedules_with_the_testing_kit(
+    schedule: frozenset[int], run: tfs.RunSettings, policy: str, pooled: bool
+) -> None:
+    letters: list[tf.DeadLetterEntry] = []
+    on_error: tf.OnError = {"skip": tf.Skip(), "dead_letter": tf.DeadLetter(letters),
+                            "collect": tf.Collect()}[policy]
+
+    async def triple(x: int) -> int:
+        await trio.sleep(x % 2)
+        return 3 * x
+
+    faulty = tft.fail_on_call(triple, schedule)
+    stage = tf.map(faulty, concurrency=3 if pooled else 1, on_error=on_error, name="t")
+
+    async def main() -> tft.RunResult[int]:
+        return await tft.run_on_list(stage, range(20), chunk_size=run.chunk_size, buffer=run.buffer)
+
+    result = run_virtual(main)
+    # calls are numbered in the order they start: with one worker that is item order
+    failed_calls = set(faulty.faulted)
+    assert failed_calls == set(schedule)
+    assert len(result.outputs) + len(failed_calls) == 20
+    assert sorted(result.outputs) == result.outputs  # ordered
+    stats = result.statistics
+    assert stats is not None
+    t = stats.stage("t")
+    if policy == "skip":
+        assert result.ok and t.skipped == len(failed_calls)
+    elif policy == "dead_letter":
+        assert result.ok and len(letters) == t.dead_lettered == len(failed_calls)
+        assert sorted(e.item for e in letters) == sorted(set(range(20)) - {x // 3 for x in result.outputs})
+    else:
+        assert len(result.errors) == len(failed_calls) == t.dead_lettered
+        assert all(isinstance(e, tft.InjectedFault) for e in result.errors)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import trioflow as tf
 from trioflow._policies import Supervisor
+from trioflow.testing import ResourceTracker, assert_no_leftovers
 
 
 class ConnectionLost(Exception):
@@ -40,12 +41,16 @@ async def test_persistent_worker_restarts_with_a_new_resource(autojump_clock: tr
             raise ConnectionLost(x)
         return conn, x
 
+    tracker = ResourceTracker()
     restart = tf.Restart(max_restarts=5, within=100, backoff=tf.Backoff(min=2, jitter=0))
-    pipeline = tf.from_iterable(range(10)) | tf.persistent(write, resource=connect, restart=restart,
-                                                           name="db") | tf.to_list()
-    async with trio.open_nursery() as nursery:
+    pipeline = tf.from_iterable(range(10)) | tf.persistent(
+        write, resource=tracker.factory(connect), restart=restart, name="db"
+    ) | tf.to_list()
+    async with assert_no_leftovers(), trio.open_nursery() as nursery:
         handle = await nursery.start(pipeline.run)
         await handle.wait()
+    tracker.assert_all_closed()
+    assert (tracker.opened, tracker.closed_on_error) == (3, 2)  # two lost connections
     out = handle.result()
     assert [x for _, x in out] == list(range(10))  # the failed items were retried: none lost
     assert opened == [0, 1, 2] and sorted(closed) == [0, 1, 2]  # rebuilt twice, all closed
