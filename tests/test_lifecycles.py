@@ -472,3 +472,22 @@ async def test_on_demand_stops_with_take() -> None:
     ).to_list(chunk_size=2, buffer=2)
     assert out == [0, 1, 4, 9]
     assert made < 20
+
+
+async def test_regression_error_while_closing_a_resource_is_not_lost() -> None:
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def conn():  # type: ignore[no-untyped-def]
+        try:
+            yield None
+        finally:
+            raise OSError("close failed")
+
+    async def boom(c: None, x: int) -> int:
+        raise KeyError(x)
+
+    with pytest.RaisesGroup(KeyError, OSError) as info:
+        await (tf.from_iterable([1]) | tf.persistent(boom, resource=conn)).run()
+    (os_err,) = [e for e in info.value.exceptions if isinstance(e, OSError)]
+    assert any("closing a worker's resource" in n for n in os_err.__notes__)

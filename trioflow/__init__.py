@@ -17,6 +17,9 @@ from ._errors import (
     DefinitionValueError as DefinitionValueError,
 )
 from ._errors import (
+    RunAborted as RunAborted,
+)
+from ._errors import (
     TrioflowError as TrioflowError,
 )
 from ._errors import (
@@ -174,6 +177,7 @@ __all__ = [
     "Restart",
     "Retry",
     "RouteNode",
+    "RunAborted",
     "RunHandle",
     "RunState",
     "RunStatistics",

@@ -8,6 +8,7 @@ __all__ = [
     "DefinitionError",
     "DefinitionTypeError",
     "DefinitionValueError",
+    "RunAborted",
     "TrioflowError",
     "UnroutableError",
 ]
@@ -31,6 +32,12 @@ class DefinitionValueError(DefinitionError, ValueError):
 
 class DefinitionTypeError(DefinitionError, TypeError):
     """An argument has the wrong type; the message names the argument."""
+
+
+class RunAborted(TrioflowError):
+    """Passed to a persistent resource's ``__aexit__`` when its worker ends after the run
+    has already failed elsewhere: the resource closes as on an error (rolls back rather
+    than commits). Never raised to the caller."""
 
 
 class UnroutableError(TrioflowError, LookupError):

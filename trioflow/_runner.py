@@ -41,7 +41,7 @@ from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._callables import CallKind
 from ._edge import DownstreamClosed, Edge
-from ._errors import UnroutableError, annotate
+from ._errors import RunAborted, UnroutableError, annotate
 from ._ops import (
     Batcher,
     BatchOp,
@@ -857,14 +857,33 @@ class PoolHead(Head):
         except BaseException as exc:
             # resources are closed on every exit path, shielded so cancellation cannot
             # interrupt the close, and bounded so a close that hangs cannot hang the
-            # run; the original error is what propagates
-            with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-                await cm.__aexit__(type(exc), exc, exc.__traceback__)
+            # run; the original error is what propagates, and an error of the close
+            # itself is recorded beside it (never silently replaces it)
+            await self._close_resource(cm, exc)
             raise
         else:
-            with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-                await cm.__aexit__(None, None, None)
+            runner = self._seg.runner if self._seg is not None else None
+            if runner is not None and runner.errors:
+                # the input ended cleanly, but the run has failed meanwhile: close as on
+                # an error, so a resource that commits on a clean exit does not
+                await self._close_resource(cm, RunAborted(
+                    f"closing a worker of {self.name!r}: the run failed elsewhere"))
+            else:
+                with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                    await cm.__aexit__(None, None, None)
         return ready
+
+    async def _close_resource(self, cm: Any, exc: BaseException) -> None:
+        try:
+            with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                await cm.__aexit__(type(exc), exc, exc.__traceback__)
+        except Exception as close_exc:
+            if close_exc is exc:
+                return
+            annotate(close_exc, self.name, has_item=False)
+            close_exc.add_note("trioflow: raised while closing a worker's resource after an error")
+            if self._seg is not None:
+                self._seg.runner.fail(close_exc)
 
     async def _work_loop(self, res: Any, current: list[tuple[int, Any, Any] | None]) -> None:
         queue = self._queue
