@@ -52,7 +52,8 @@ def examples(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (extra args go to benchmarks/run.py)."""
-    session.install("-e", ".", "aiostream>=0.6")  # aiostream: a peer measured under asyncio
+    # aiostream: a peer measured under asyncio; [process]: the Processes backend workload
+    session.install("-e", ".[process]", "aiostream>=0.6")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 

@@ -18,6 +18,10 @@ Workloads (each in its own module, which also shows how to write the trioflow ve
   also the peak memory of a run.
 * ``parallel`` (bench_parallel.py): ``parallel`` blocks of 2, 4 and 8 I/O calls against
   awaiting them in turn.
+* ``backends`` (bench_backends.py): a ~10 ms CPU-bound function on ``Processes`` against
+  inline, and a blocking ``time.sleep(0.01)`` on ``Threads(limit=16)`` against inline.
+* ``backend_overhead`` (bench_backends.py): per-item cost of each backend for a trivial
+  function, with chunking on (``chunk=256``) and off (``chunk=1``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bench_backends
 import bench_batch
 import bench_fanout
 import bench_io
@@ -54,6 +59,8 @@ WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] 
     "batch": (200_000, 20_000, 7, 3, bench_batch.workload),
     "fanout": (100_000, 10_000, 5, 3, bench_fanout.workload),
     "parallel": (25, 4, 3, 3, bench_parallel.workload),
+    "backends": (400, 48, 3, 1, bench_backends.workload),
+    "backend_overhead": (20_000, 2_000, 5, 2, bench_backends.overhead_workload),
 }
 
 

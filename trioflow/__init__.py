@@ -5,6 +5,11 @@
         lambda a, x: a + x, 0)).run()
 """
 
+from ._backends import Backend as Backend
+from ._backends import BackendError as BackendError
+from ._backends import Inline as Inline
+from ._backends import Processes as Processes
+from ._backends import Threads as Threads
 from ._composite import fork_join as fork_join
 from ._composite import partition as partition
 from ._errors import (
@@ -145,6 +150,8 @@ __all__ = [
     "Adaptive",
     "AllOrNothing",
     "AtLeast",
+    "Backend",
+    "BackendError",
     "Backoff",
     "BestEffort",
     "Collect",
@@ -162,6 +169,7 @@ __all__ = [
     "Flow",
     "Graph",
     "GraphResult",
+    "Inline",
     "ItemStream",
     "Lifecycle",
     "Node",
@@ -174,6 +182,7 @@ __all__ = [
     "PlanNode",
     "PlanSegment",
     "Port",
+    "Processes",
     "Restart",
     "Retry",
     "RouteNode",
@@ -187,6 +196,7 @@ __all__ = [
     "Source",
     "Stage",
     "StageStatistics",
+    "Threads",
     "TrioflowError",
     "UNBOUNDED",
     "Unbounded",

@@ -29,6 +29,7 @@ from typing import Any, TypeGuard, TypeVar, overload
 
 import trio
 
+from ._backends import Backend
 from ._flow import Flow
 from ._overflow import Overflow, Unbounded
 from ._policies import FAIL, OnError, Restart, Retry
@@ -148,11 +149,12 @@ def source(
 def map(
     fn: Callable[[T], Awaitable[U]],
     *,
-    concurrency: int | Adaptive = 1,
+    concurrency: int | Adaptive | None = None,
     ordered: bool = True,
     window: int | None = None,
     key: Callable[[T], Hashable] | None = None,
     per_key: int = 1,
+    backend: Backend | None = None,
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
@@ -164,11 +166,12 @@ def map(
 def map(
     fn: Callable[[T], U],
     *,
-    concurrency: int | Adaptive = 1,
+    concurrency: int | Adaptive | None = None,
     ordered: bool = True,
     window: int | None = None,
     key: Callable[[T], Hashable] | None = None,
     per_key: int = 1,
+    backend: Backend | None = None,
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
@@ -179,11 +182,12 @@ def map(
 def map(
     fn: Callable[[T], Any],
     *,
-    concurrency: int | Adaptive = 1,
+    concurrency: int | Adaptive | None = None,
     ordered: bool = True,
     window: int | None = None,
     key: Callable[[T], Hashable] | None = None,
     per_key: int = 1,
+    backend: Backend | None = None,
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
@@ -212,9 +216,19 @@ def map(
     keys run in parallel, while items with equal keys start one after another (at most
     ``per_key`` at once) and are handed on in their input order, also with
     ``ordered=False``; an item waiting for its key's turn counts against the window.
+
+    ``backend=Threads(...)`` or ``backend=Processes(...)`` runs a plain ``fn`` off the Trio
+    thread, ``chunk`` items per backend call, with ``concurrency`` calls in flight (default:
+    the backend's ``limit``); the stage is never fused. Backpressure: no more input is taken
+    while ``concurrency`` calls run, or (ordered) while ``2 * concurrency`` calls are not yet
+    handed on. Error policies apply per item; ``retry``, ``timeout``, ``key``, ``window`` and
+    ``Adaptive`` are not supported with a worker backend yet. Cancellation abandons thread
+    calls (their results are discarded) and kills process jobs; see ``docs/backends.md``.
     """
+    if concurrency is None:
+        concurrency = backend.default_concurrency if isinstance(backend, Backend) else 1
     return MapStage(fn=fn, concurrency=concurrency, ordered=ordered, window=window, key=key,
-                    per_key=per_key, name=name, buffer=buffer, overflow=overflow,
+                    per_key=per_key, backend=backend, name=name, buffer=buffer, overflow=overflow,
         on_error=on_error, retry=retry, timeout=timeout)
 
 

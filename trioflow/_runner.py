@@ -1547,6 +1547,10 @@ def _make_head(node: PlanNode) -> Head:
         return ContinuousHead(node, spec)
     if isinstance(spec, BatchStage):
         return BatchTimerHead(node, spec)
+    if isinstance(spec, MapStage) and spec.runs_elsewhere:
+        from ._backend_head import BackendHead  # (it builds on this module's Head)
+
+        return BackendHead(node, spec)
     if isinstance(spec, MapStage) and spec.pooled:
         return PoolHead(node, spec)
     if isinstance(spec, PersistentStage | OnDemandStage):

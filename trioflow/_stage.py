@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import attrs
 import trio
 
+from ._backends import Backend
 from ._callables import CallKind, classify
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._overflow import Overflow, Unbounded
@@ -350,15 +351,25 @@ class MapStage(FnStage[In, Out]):
     key: Callable[[Any], Any] | None = None
     #: with ``key``: how many items of one key may run at once
     per_key: int = 1
+    #: where the calls run (``None``: inline on the Trio thread, as ``Inline()``)
+    backend: Backend | None = None
 
     operator: ClassVar[str] = "map"
 
     def __attrs_post_init__(self) -> None:
+        if self.backend is not None:
+            _check_backend(self)
         super().__attrs_post_init__()
         top = check_workers("concurrency", self.concurrency)
         check_bool("ordered", self.ordered)
         check_window(self.window, top)
-        if top > 1 and self.kind is not CallKind.ASYNC:
+        if self.runs_elsewhere:
+            if self.kind is not CallKind.SYNC:
+                raise DefinitionTypeError(
+                    f"backend={self.backend!r} runs a plain function in a worker: fn must be a "
+                    f"plain (sync) function, got a {self.kind.value} function {self.fn!r}"
+                )
+        elif top > 1 and self.kind is not CallKind.ASYNC:
             raise DefinitionValueError(
                 f"concurrency={self.concurrency!r} needs an async fn: a sync fn {self.fn!r} "
                 "would block the Trio thread (use concurrency=1, or an async function)"
@@ -372,6 +383,12 @@ class MapStage(FnStage[In, Out]):
             raise DefinitionValueError(
                 f"per_key must be <= concurrency ({top}), got {self.per_key!r}"
             )
+
+    @property
+    def runs_elsewhere(self) -> bool:
+        """Whether the calls run on a worker backend (threads, processes), off the Trio
+        thread: never fused, always a head of its own (``_backend_head``)."""
+        return self.backend is not None and not self.backend.runs_inline
 
     @property
     def max_concurrency(self) -> int:
@@ -389,7 +406,29 @@ class MapStage(FnStage[In, Out]):
 
     @property
     def inline(self) -> bool:
-        return self.kind is CallKind.SYNC and not self.policies_need_task
+        return self.kind is CallKind.SYNC and not self.policies_need_task and not self.runs_elsewhere
+
+
+def _check_backend(spec: MapStage[Any, Any]) -> None:
+    """A stage on a worker backend: what this slice does not support is refused by name."""
+    backend = spec.backend
+    if not isinstance(backend, Backend):
+        raise DefinitionTypeError(
+            f"backend must be Inline(), Threads(...) or Processes(...), got {backend!r}"
+        )
+    if backend.runs_inline:
+        return
+    unsupported = [
+        ("retry", spec.retry is not None), ("timeout", spec.timeout is not None),
+        ("key", spec.key is not None), ("window", spec.window is not None),
+        ("concurrency=Adaptive(...)", isinstance(spec.concurrency, Adaptive)),
+    ]
+    for argument, given in unsupported:
+        if given:
+            raise DefinitionValueError(
+                f"{argument} is not supported with backend={backend!r} yet (got "
+                f"{getattr(spec, argument.split('=')[0])!r}); use an inline or async stage"
+            )
 
 
 @attrs.frozen(kw_only=True)

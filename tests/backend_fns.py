@@ -1,0 +1,59 @@
+"""Module-level functions for tests/test_backends.py: worker processes import them by name
+(a function sent to a worker process is pickled by reference), so this module stays light."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+
+def poly(x: int) -> int:
+    return 3 * x * x - 7 * x + 1
+
+
+def fail_on_7(x: int) -> int:
+    if x % 10 == 7:
+        raise ValueError(f"bad item {x}")
+    return x * 2
+
+
+def jitter(x: int) -> int:
+    """Later items tend to finish first: exposes a lost order."""
+    time.sleep(0.002 * ((7 - x) % 4))
+    return x
+
+
+def sleep_long(x: int) -> int:
+    time.sleep(30)
+    return x
+
+
+def sleep_short(x: int) -> int:
+    time.sleep(0.002)
+    return x
+
+
+def die_on_5(x: int) -> int:
+    if x == 5:
+        os._exit(3)
+    return x
+
+
+class Unpicklable:
+    """A callable that cannot travel to a worker process (it holds a lock)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def __call__(self, x: int) -> int:
+        return x
+
+
+class Unpicklable2Result:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+def unpicklable_result(x: int) -> object:
+    return Unpicklable2Result()

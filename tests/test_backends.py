@@ -1,0 +1,316 @@
+"""Execution backends (inline, threads, processes): one behavioural suite run on every
+backend, plus what is specific to each (abandoned thread calls, pickling, dead workers).
+
+Worker processes import the functions they run by name, so process tests use the
+module-level functions of ``backend_fns``. These tests use real threads and processes,
+hence the real clock (short, bounded waits only; no assertion on speed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+from backend_fns import (
+    Unpicklable,
+    die_on_5,
+    fail_on_7,
+    jitter,
+    poly,
+    sleep_long,
+    sleep_short,
+    unpicklable_result,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import trioflow as tf
+from trioflow._backends import ThreadRunner
+
+KINDS = ["inline", "threads", "processes"]
+
+
+def make(kind: str, chunk: int = 4, limit: int = 2) -> tf.Backend:
+    if kind == "inline":
+        return tf.Inline()
+    if kind == "threads":
+        return tf.Threads(limit=limit, chunk=chunk)
+    return tf.Processes(limit=limit, chunk=chunk)
+
+
+def leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out = list(group.exceptions)
+    assert not any(isinstance(e, BaseExceptionGroup) for e in out), "nested groups"
+    return out
+
+
+def notes(exc: BaseException) -> str:
+    return "\n".join(getattr(exc, "__notes__", []))
+
+
+def all_tasks() -> set[trio.lowlevel.Task]:
+    out: set[trio.lowlevel.Task] = set()
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        if task is None:
+            continue
+        out.add(task)
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return out
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait (real time: threads and processes do not follow a mock clock) until true."""
+    with trio.fail_after(within):
+        for _ in itertools.count():
+            if predicate():
+                return
+            await trio.sleep(0.001)
+
+
+# -- the behavioural suite ------------------------------------------------------------------
+
+EXAMPLES = {"inline": 40, "threads": 25, "processes": 4}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_results_equal_the_plain_python_reference(kind: str) -> None:
+    @settings(max_examples=EXAMPLES[kind], deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(
+        xs=st.lists(st.integers(-1000, 1000), max_size=60 if kind != "processes" else 30),
+        chunk=st.integers(1, 9),
+        concurrency=st.integers(1, 4),
+        ordered=st.booleans(),
+    )
+    def check(xs: list[int], chunk: int, concurrency: int, ordered: bool) -> None:
+        backend = make(kind, chunk=chunk)
+        conc = None if kind == "inline" else concurrency
+        flow = tf.from_iterable(xs) | tf.map(poly, backend=backend, concurrency=conc,
+                                            ordered=ordered)
+        out = trio.run(flow.to_list)
+        expected = [poly(x) for x in xs]
+        assert (out if ordered else sorted(out)) == (expected if ordered else sorted(expected))
+
+    check()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_order_is_kept_when_ordered(kind: str) -> None:
+    xs = list(range(40))
+    flow = tf.from_iterable(xs) | tf.map(jitter, backend=make(kind, chunk=1, limit=4),
+                                        concurrency=None if kind == "inline" else 4)
+    assert await flow.to_list() == xs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_fail_fast_one_group_level_annotated_with_the_stage(kind: str) -> None:
+    flow = tf.from_iterable(range(20)) | tf.map(fail_on_7, backend=make(kind), name="doubler")
+    with pytest.raises(ExceptionGroup) as info:
+        await flow.to_list()
+    errs = leaves(info.value)
+    assert errs and all(isinstance(e, ValueError) for e in errs)
+    # calls run concurrently: whichever failing item came back first is the one reported
+    assert re.search(r"stage 'doubler' while processing item \d*7$", notes(errs[0]))
+    try:
+        await flow.to_list()
+    except* ValueError as group:  # except* works on the run's group
+        assert group.exceptions
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_skip_drops_exactly_the_failed_items(kind: str) -> None:
+    flow = tf.from_iterable(range(30)) | tf.map(fail_on_7, backend=make(kind),
+                                                on_error=tf.Skip(), name="doubler")
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start((flow | tf.to_list()).run)
+        await handle.wait()
+    assert handle.result() == [x * 2 for x in range(30) if x % 10 != 7]
+    (stage,) = [s for s in handle.statistics().stages if s.name == "doubler"]
+    assert (stage.items_in, stage.items_out, stage.skipped, stage.in_flight) == (30, 27, 3, 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_dead_letter_gets_each_failed_item_with_its_error(kind: str) -> None:
+    dead: list[tf.DeadLetterEntry] = []
+    flow = tf.from_iterable(range(30)) | tf.map(fail_on_7, backend=make(kind),
+                                                on_error=tf.DeadLetter(dead), name="doubler")
+    assert await flow.to_list() == [x * 2 for x in range(30) if x % 10 != 7]
+    assert sorted(e.item for e in dead) == [7, 17, 27]
+    assert all(isinstance(e.exception, ValueError) and e.stage == "doubler" for e in dead)
+    assert "fail_on_7" in dead[0].traceback  # the worker's traceback came back
+
+
+SLOW = {"inline": sleep_short, "threads": sleep_long, "processes": sleep_long}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_cancellation_leaves_no_task_running(kind: str) -> None:
+    before = all_tasks()
+    flow = tf.from_iterable(range(10**9)) | tf.map(SLOW[kind], backend=make(kind, chunk=2))
+    started = time.perf_counter()
+    with trio.move_on_after(0.5) as cs:
+        await flow.run()
+    assert cs.cancelled_caught
+    # a 30 s call was not waited for: threads abandoned, process jobs killed
+    assert time.perf_counter() - started < 10
+    assert all_tasks() == before
+
+
+# -- threads: an abandoned call's result is discarded -------------------------------------
+
+
+async def test_threads_abandoned_call_result_is_discarded() -> None:
+    runner = ThreadRunner(limit=1)
+    running, release = threading.Event(), threading.Event()
+
+    def block(x: int) -> int:
+        running.set()
+        release.wait(10)
+        return x
+
+    with trio.move_on_after(5) as cs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.call_chunk, block, [1, 2, 3])
+            await trio.to_thread.run_sync(running.wait, 5)
+            nursery.cancel_scope.cancel()  # the thread is still blocked in the call
+    assert not cs.cancelled_caught
+    assert (runner.abandoned, runner.discarded) == (1, 0)
+    release.set()
+    await eventually(lambda: runner.discarded > 0)
+    assert runner.discarded == 3  # the call finished; its 3 results went nowhere
+
+
+async def test_threads_cancelled_flow_never_emits_the_abandoned_result() -> None:
+    running, release, finished = threading.Event(), threading.Event(), threading.Event()
+    got: list[int] = []
+
+    def block(x: int) -> int:
+        running.set()
+        release.wait(10)
+        finished.set()
+        return x
+
+    pipe = tf.from_iterable([1]) | tf.map(block, backend=tf.Threads(limit=1)) | tf.sink(got.append)
+    with trio.move_on_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe.run)
+            await trio.to_thread.run_sync(running.wait, 5)
+            nursery.cancel_scope.cancel()
+    assert not finished.is_set()  # the run ended while the call still ran
+    release.set()
+    await trio.to_thread.run_sync(finished.wait, 5)
+    await trio.sleep(0.05)
+    assert got == []
+
+
+# -- processes: pickling and dead workers ---------------------------------------------------
+
+
+async def test_processes_unpicklable_function_names_the_stage() -> None:
+    flow = tf.from_iterable(range(5)) | tf.map(Unpicklable(), backend=tf.Processes(), name="crunch")
+    with pytest.raises(ExceptionGroup) as info:
+        await flow.to_list()
+    (err, *_) = leaves(info.value)
+    assert isinstance(err, tf.BackendError)
+    assert "'crunch'" in str(err) and "picklable" in str(err)
+    assert "'crunch'" in notes(err)
+
+
+async def test_processes_unpicklable_result_names_the_stage() -> None:
+    flow = tf.from_iterable(range(3)) | tf.map(unpicklable_result, backend=tf.Processes(),
+                                               name="crunch")
+    with pytest.raises(ExceptionGroup) as info:
+        await flow.to_list()
+    (err, *_) = leaves(info.value)
+    assert isinstance(err, tf.BackendError) and "'crunch'" in str(err)
+
+
+async def test_processes_dead_worker_names_the_stage() -> None:
+    flow = tf.from_iterable(range(10)) | tf.map(
+        die_on_5, backend=tf.Processes(limit=1, chunk=1), name="fragile",
+        on_error=tf.Skip(),  # a dead worker is not an item's error: it fails the run anyway
+    )
+    with pytest.raises(ExceptionGroup) as info:
+        await flow.to_list()
+    (err,) = leaves(info.value)
+    assert isinstance(err, tf.BackendError)
+    assert "'fragile'" in str(err) and "died" in str(err) and "exit code 3" in str(err)
+
+
+# -- backpressure and definition ------------------------------------------------------------
+
+
+async def test_threads_backpressure_bounds_the_calls_in_flight() -> None:
+    release = threading.Event()
+    started = 0
+    lock = threading.Lock()
+
+    def block(x: int) -> int:
+        nonlocal started
+        with lock:
+            started += 1
+        release.wait(10)
+        return x
+
+    flow = tf.from_iterable(range(1000)) | tf.map(
+        block, backend=tf.Threads(limit=2, chunk=3), name="blocked")
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(flow.run)
+        await eventually(lambda: started >= 2)
+        await trio.sleep(0.05)
+        (stage,) = [s for s in handle.statistics().stages if s.name == "blocked"]
+        assert started == 2 and stage.in_flight == 6  # 2 calls of 3 items
+        assert stage.items_in < 1000  # the rest waits upstream (bounded edges)
+        release.set()
+        await handle.wait()
+    assert handle.result() is None
+    assert handle.statistics().state is tf.RunState.COMPLETED
+
+
+def test_a_backend_stage_is_never_fused() -> None:
+    for backend in (tf.Threads(), tf.Processes()):
+        plan = (tf.from_iterable([1]) | tf.map(poly, backend=backend) | tf.to_list()).plan()
+        # the map heads a segment of its own (the sink after it joins that segment)
+        assert [[n.operator for n in seg.nodes] for seg in plan.segments] == [
+            ["from_iterable"], ["map", "to_list"]]
+    inline = (tf.from_iterable([1]) | tf.map(poly, backend=tf.Inline()) | tf.to_list()).plan()
+    assert len(inline.segments) == 1
+
+
+def test_definition_errors_name_the_argument() -> None:
+    async def afn(x: int) -> int:
+        return x
+
+    with pytest.raises(tf.DefinitionTypeError, match="backend"):
+        tf.map(afn, backend=tf.Threads())
+    with pytest.raises(tf.DefinitionTypeError, match="backend"):
+        tf.map(poly, backend="threads")  # type: ignore[arg-type]
+    with pytest.raises(tf.DefinitionValueError, match="retry"):
+        tf.map(poly, backend=tf.Threads(), retry=tf.Retry())
+    with pytest.raises(tf.DefinitionValueError, match="limit"):
+        tf.Threads(limit=0)
+    with pytest.raises(tf.DefinitionValueError, match="chunk"):
+        tf.Processes(chunk=0)
+    assert tf.map(poly, backend=tf.Threads(limit=8)).concurrency == 8  # type: ignore[attr-defined]
+
+
+def test_missing_trio_parallel_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "trio_parallel", None)
+    with pytest.raises(ImportError, match=r"trioflow\[process\]"):
+        tf.Processes()
+
+
+def test_importing_trioflow_never_imports_trio_parallel() -> None:
+    code = "import sys, trioflow; assert 'trio_parallel' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,166 @@
+"""The head of a stage whose calls run on a backend (``map(fn, backend=Threads(...))``).
+
+Theory of operation.
+
+* The segment's task feeds: it takes what is waiting on the input edge (up to one call's
+  worth, never waiting to fill a chunk), cuts it into sub-chunks of the backend's
+  ``chunk`` items, and starts one task per sub-chunk, each making one backend call.
+* Backpressure: at most ``concurrency`` calls run at once, and at most ``window`` calls
+  are admitted and not yet handed on (ordered: ``2 * concurrency``, so the next calls run
+  while a finished chunk waits for an earlier one; unordered: ``concurrency``). While
+  either bound is reached, the feeder takes no more input, so the input edge fills and
+  the stages upstream wait.
+* Order: ordered, results wait in a reorder buffer (by call number) and are handed on in
+  input order; unordered, each call's results are handed on as soon as it finishes (in
+  input order within the call).
+* Errors: a backend call returns one outcome per item; a failed item goes through
+  ``Head.recover``, exactly like any other stage (Fail / Skip / DeadLetter / Collect). A
+  failure of the call itself (``BackendError``: pickling, a dead worker) fails the run.
+* Cancellation: the call tasks run in a nursery inside the segment's scope; cancelling
+  the run cancels the calls, as the backend documents (threads are abandoned, process
+  jobs are killed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import outcome
+import trio
+
+from ._backends import Backend, BackendRunner
+from ._plan import PlanNode
+from ._runner import _SKIPPED, Head, Segment, _Status
+from ._stage import DROPPED, MapStage
+
+
+class BackendHead(Head):
+    """``map`` of a plain function on a ``Threads`` or ``Processes`` backend."""
+
+    def __init__(self, node: PlanNode, spec: MapStage[Any, Any]) -> None:
+        super().__init__(node)
+        assert spec.backend is not None and isinstance(spec.concurrency, int)
+        self.backend: Backend = spec.backend
+        self.fn = spec.fn
+        self.chunk = spec.backend.chunk
+        self.concurrency = spec.concurrency
+        self.workers = spec.concurrency
+        self.ordered = spec.ordered
+        self.window = 2 * self.concurrency if self.ordered else self.concurrency
+        self._running = 0
+        self._admitted = 0
+        self._space = trio.lowlevel.ParkingLot()
+        self._seq = 0
+        self._next = 0
+        self._results: dict[int, list[Any]] = {}
+        self._emitting = False
+        self._seg: Segment | None = None
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        self._seg = seg
+        opened = False
+        try:
+            async with self.backend.open(self.name) as runner:
+                opened = True
+                async with trio.open_nursery() as nursery:
+                    status.started()
+                    await self._feed(seg, nursery, runner)
+        except Exception as exc:
+            if not opened:  # a missing extra, say: name the stage
+                self.failed(exc, None, has_item=False)
+            raise
+
+    async def _feed(self, seg: Segment, nursery: trio.Nursery, runner: BackendRunner) -> None:
+        assert seg.inp is not None
+        inp = seg.inp
+        size = self.chunk
+        guarded = seg.runner.guarded
+        while True:
+            chunk = await inp.receive(size)
+            if chunk is None:
+                return
+            self.n_in += len(chunk)
+            for start in range(0, len(chunk), size):
+                part = chunk if len(chunk) <= size else chunk[start:start + size]
+                while self._running >= self.concurrency or self._admitted >= self.window:
+                    await self._space.park()
+                seq = self._seq
+                self._seq = seq + 1
+                self._admitted += 1
+                self._running += 1
+                self.in_flight += len(part)
+                nursery.start_soon(guarded, self._call, runner, seq, part)
+
+    def _wake(self) -> None:
+        if self._space and self._running < self.concurrency and self._admitted < self.window:
+            self._space.unpark()
+
+    async def _call(
+        self, runner: BackendRunner, seq: int, items: list[Any], task_status: _Status
+    ) -> None:
+        try:
+            outs = await runner.call_chunk(self.fn, items)
+        except Exception as exc:  # the call itself failed (BackendError): no item policy
+            self.failed(exc, None, has_item=False)
+            raise
+        finally:
+            self._running -= 1
+            self.in_flight -= len(items)
+        self._wake()
+        results: list[Any] = []
+        for item, out in zip(items, outs, strict=True):
+            if isinstance(out, outcome.Value):
+                results.append(out.value)
+                continue
+            assert isinstance(out, outcome.Error)
+            err = out.error
+            if not isinstance(err, Exception):  # pragma: no cover - only Exception is captured
+                raise err
+            if not await self.recover(err, item):
+                raise err
+            # its place in the order is handed on, empty (in a branch: a tombstone)
+            results.append((item[0], DROPPED) if self.envelope else _SKIPPED)
+        await self._deposit(seq, results)
+
+    def _done(self, calls: int) -> None:
+        self._admitted -= calls
+        self._wake()
+
+    async def _deposit(self, seq: int, results: list[Any]) -> None:
+        seg = self._seg
+        assert seg is not None
+        if not self.ordered:
+            out = [r for r in results if r is not _SKIPPED]
+            try:
+                if out:
+                    self.n_out += len(out)
+                    await seg.emit(out)
+            finally:
+                self._done(1)
+            return
+        buffered = self._results
+        buffered[seq] = results
+        self.waiting += len(results)
+        if self._emitting:
+            return  # the task handing results on will reach this one
+        self._emitting = True
+        try:
+            while self._next in buffered:
+                batch: list[Any] = []
+                nxt = self._next
+                while nxt in buffered:
+                    batch.extend(buffered.pop(nxt))
+                    nxt += 1
+                count = nxt - self._next
+                self._next = nxt
+                self.waiting -= len(batch)
+                batch = [r for r in batch if r is not _SKIPPED]
+                # the calls count against the window until handed on (backpressure)
+                try:
+                    if batch:
+                        self.n_out += len(batch)
+                        await seg.emit(batch)
+                finally:
+                    self._done(count)
+        finally:
+            self._emitting = False
