@@ -25,7 +25,8 @@ def jitter(x: int) -> int:
 
 
 def sleep_long(x: int) -> int:
-    time.sleep(30)
+    """Far longer than the test timeout: a run that waited for it would fail the test."""
+    time.sleep(3600)
     return x
 
 
@@ -57,3 +58,9 @@ class Unpicklable2Result:
 
 def unpicklable_result(x: int) -> object:
     return Unpicklable2Result()
+
+
+def sleep_medium(x: int) -> int:
+    """Long enough to be cancelled, short enough not to hold a shared Dask worker long."""
+    time.sleep(1.5)
+    return x

@@ -7,6 +7,7 @@
 
 from ._backends import Backend as Backend
 from ._backends import BackendError as BackendError
+from ._backends import Dask as Dask
 from ._backends import Inline as Inline
 from ._backends import Processes as Processes
 from ._backends import Threads as Threads
@@ -156,6 +157,7 @@ __all__ = [
     "BestEffort",
     "Collect",
     "DEFAULT",
+    "Dask",
     "DeadLetter",
     "DeadLetterEntry",
     "DefinitionError",

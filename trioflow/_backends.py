@@ -2,7 +2,7 @@
 
 Theory of operation.
 
-* A backend spec (``Inline()``, ``Threads(...)``, ``Processes(...)``) is frozen data, like
+* A backend spec (``Inline()``, ``Threads(...)``, ``Processes(...)``, ``Dask(...)``) is frozen data, like
   every other spec: it says *where* a stage's function runs, never *what* it does. It holds
   no live resources, so one spec can serve any number of stages and runs.
 * At run time, a stage that runs elsewhere opens its backend once per run:
@@ -18,22 +18,25 @@ Theory of operation.
 * Cancellation: ``call_chunk`` is a checkpoint. Inline calls never block; a thread call
   cannot be interrupted, so it is abandoned (its result is discarded when it finishes);
   a process call kills the worker's job (the worker process is killed and replaced).
-* A future cluster backend (Dask) fits the same shape: ``open`` starts or connects a
-  client (and closes it on every exit path), ``call_chunk`` submits one future per chunk
-  from a thread and cancels it when the caller is cancelled.
+* The cluster backend (``Dask``) fits the same shape: ``open`` starts a ``LocalCluster``
+  or connects to a scheduler, and closes the client (and the local cluster) on every exit
+  path; ``call_chunk`` submits one future per chunk from a thread and cancels it when the
+  caller is cancelled.
 
 No backend imports an optional dependency until it is opened: importing trioflow never
-imports trio-parallel.
+imports trio-parallel or dask.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
 import pickle
 import threading
+import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar, Protocol, final
@@ -48,6 +51,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendRunner",
+    "Dask",
     "Inline",
     "Processes",
     "Threads",
@@ -367,3 +371,223 @@ class Processes(Backend):
             else trio.CapacityLimiter(self.limit)
         )
         yield ProcessRunner(stage, limiter, tp)
+
+
+#: The extra that installs the Dask backend's dependency.
+DASK_EXTRA = "trioflow[dask]"
+
+
+def _import_distributed() -> Any:
+    try:
+        distributed = importlib.import_module("distributed")
+    except ImportError as exc:
+        raise ImportError(
+            f"the Dask backend needs dask.distributed: pip install '{DASK_EXTRA}'"
+        ) from exc
+    return distributed
+
+
+def _run_chunk_on_dask(fn: Callable[[Any], Any], items: list[Any]) -> list[tuple[Any, ...]]:
+    """The task a Dask worker runs for one chunk: ``fn`` on every item, each outcome as a
+    plain tuple (``("ok", value)`` or ``("error", exception, traceback text)``), rebuilt
+    into ``outcome`` objects on the Trio side. An exception that cannot be pickled is
+    replaced by a ``RuntimeError`` describing it, so the chunk's other results survive."""
+    out: list[tuple[Any, ...]] = []
+    for item in items:
+        try:
+            out.append(("ok", fn(item)))
+        except Exception as exc:
+            text = "".join(traceback.format_exception(exc))
+            try:
+                pickle.dumps(exc)
+            except Exception as why:
+                exc = RuntimeError(
+                    f"{exc!r} raised on a Dask worker could not be sent back ({why!r})"
+                )
+            out.append(("error", exc, text))
+    return out
+
+
+def _rebuild(results: list[tuple[Any, ...]]) -> list[outcome.Outcome[Any]]:
+    out: list[outcome.Outcome[Any]] = []
+    for res in results:
+        if res[0] == "ok":
+            out.append(outcome.Value(res[1]))
+        else:
+            exc, text = res[1], res[2]
+            exc.add_note(f"remote traceback (Dask worker):\n{text.rstrip()}")
+            out.append(outcome.Error(exc))
+    return out
+
+
+@final
+class _DaskCall:
+    """One chunk as one Dask future. ``run`` (in a worker thread) submits it and blocks on
+    its result; ``cancel`` (when the Trio side is cancelled) cancels the future, or stops
+    it from being submitted at all."""
+
+    __slots__ = ("cancelled", "client", "fn", "future", "items", "lock")
+
+    def __init__(self, client: Any, fn: Callable[[Any], Any], items: list[Any]) -> None:
+        self.client = client
+        self.fn = fn
+        self.items = items
+        self.lock = threading.Lock()
+        self.future: Any = None
+        self.cancelled = False
+
+    def run(self) -> tuple[str, Any]:
+        """``("ok", results)``, ``("submit", exc)`` if the job could not be sent, or
+        ``("failed", exc)`` if the task failed (never raises, so a Dask cancellation
+        error is not mistaken for anything else)."""
+        with self.lock:
+            if self.cancelled:
+                return ("cancelled", None)
+            try:
+                self.future = self.client.submit(
+                    _run_chunk_on_dask, self.fn, self.items, pure=False
+                )
+            except Exception as exc:
+                return ("submit", exc)
+        try:
+            return ("ok", self.future.result())
+        except Exception as exc:
+            return ("failed", exc)
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.cancelled = True
+            future = self.future
+        if future is not None:
+            with contextlib.suppress(Exception):
+                future.cancel()
+
+
+@final
+class DaskRunner:
+    """The live Dask backend of one stage in one run (built by ``Dask.open``).
+
+    ``cancelled`` counts the futures cancelled because the Trio side was cancelled."""
+
+    def __init__(self, stage: str, client: Any, limit: int) -> None:
+        self.stage = stage
+        self.client = client
+        # one waiting thread per future: this bounds the futures in flight for the stage
+        self.limiter = trio.CapacityLimiter(limit)
+        self.cancelled = 0
+
+    async def call_chunk(
+        self, fn: Callable[[Any], Any], items: list[Any]
+    ) -> list[outcome.Outcome[Any]]:
+        """Submit the chunk as one future and wait for it in a thread. On cancellation the
+        wait is abandoned at once and the future is cancelled (shielded, bounded)."""
+        call = _DaskCall(self.client, fn, items)
+        try:
+            kind, value = await trio.to_thread.run_sync(
+                call.run, limiter=self.limiter, abandon_on_cancel=True
+            )
+        except trio.Cancelled:
+            self.cancelled += 1
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await trio.to_thread.run_sync(call.cancel)
+            raise
+        if kind == "ok":
+            return _rebuild(value)
+        n = len(items)
+        if kind == "submit":
+            first = (str(value).strip().splitlines() or [""])[0]
+            raise BackendError(
+                f"stage {self.stage!r}: a call of {n} item(s) could not be sent to Dask "
+                f"({type(value).__name__}: {first}); the function and the items must be "
+                "picklable (cloudpickle)"
+            ) from value
+        err = BackendError(
+            f"stage {self.stage!r}: a Dask task of {n} item(s) failed as a whole "
+            f"({type(value).__name__}: {value})"
+        )
+        if value.__traceback__ is not None:
+            err.add_note("remote traceback (Dask):\n" + "".join(
+                traceback.format_exception(value)).rstrip())
+        raise err from value
+
+
+async def _close_quietly(*closers: Callable[[], Any]) -> None:
+    """Run each closer in a thread, shielded from cancellation and bounded in time."""
+    with trio.CancelScope(shield=True), trio.move_on_after(30):
+        for close in closers:
+            with contextlib.suppress(Exception):
+                await trio.to_thread.run_sync(close)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Dask(Backend):
+    """Run the function on a Dask cluster (dask.distributed), ``chunk`` items per task, at
+    most ``limit`` futures in flight for the stage.
+
+    With ``address=None`` each run of the stage starts its own ``LocalCluster`` on this
+    machine (``n_workers`` worker processes with one thread each, listening on 127.0.0.1
+    only, no dashboard) and closes it when the stage ends. With a scheduler address
+    (``"tcp://host:8786"``) it connects a client to that cluster and leaves the cluster
+    running. Dask's synchronous ``Client`` is driven from worker threads (its asynchronous
+    client runs only under asyncio/tornado).
+
+    A round trip costs about 11 ms: chunk generously (a call should take well over that).
+    The function and the items are cloudpickled; the workers must be able to import the
+    modules they refer to. Cancellation cancels the outstanding futures. A user error comes
+    back as that item's error, with the worker's traceback as a note; a task that fails as
+    a whole (the job could not be sent, a worker was killed) fails the run with a
+    ``BackendError`` naming the stage. Requires the ``trioflow[dask]`` extra.
+    """
+
+    address: str | None = None
+    limit: int = 4
+    chunk: int = 64
+    n_workers: int = 2
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        _check_limit("limit", self.limit)
+        _check_limit("n_workers", self.n_workers)
+        if self.address is not None and not isinstance(self.address, str):
+            raise DefinitionTypeError(f"address must be a str or None, got {self.address!r}")
+        if importlib.util.find_spec("distributed") is None:
+            raise ImportError(
+                f"the Dask backend needs dask.distributed: pip install '{DASK_EXTRA}'"
+            )
+
+    @property
+    def default_concurrency(self) -> int:
+        """One call in flight per future: ``limit``."""
+        return self.limit
+
+    @asynccontextmanager
+    async def open(self, stage: str) -> AsyncIterator[BackendRunner]:
+        """Start a ``LocalCluster`` (no address) or connect to the scheduler, in a thread;
+        on every exit path close the client and any local cluster (shielded, bounded)."""
+        distributed = _import_distributed()
+        cluster: Any = None
+        client: Any = None
+        try:
+            address = self.address
+            if address is None:
+                cluster = await trio.to_thread.run_sync(functools.partial(
+                    distributed.LocalCluster,
+                    n_workers=self.n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",
+                ))
+                address = cluster.scheduler_address
+            client = await trio.to_thread.run_sync(functools.partial(
+                distributed.Client, address, set_as_default=False
+            ))
+            yield DaskRunner(stage, client, self.limit)
+        finally:
+            closers = []
+            if client is not None:
+                closers.append(client.close)
+            if cluster is not None:
+                closers.append(cluster.close)
+            await _close_quietly(*closers)
