@@ -64,3 +64,17 @@ def sleep_medium(x: int) -> int:
     """Long enough to be cancelled, short enough not to hold a shared Dask worker long."""
     time.sleep(1.5)
     return x
+
+
+def is_odd(x: int) -> bool:
+    return x % 2 == 1
+
+
+def repeat_gen(x: int):  # type: ignore[no-untyped-def]
+    """A generator function: materialised in the worker before it travels back."""
+    for _ in range(x % 3):
+        yield x
+
+
+def noop(x: int) -> None:
+    return None

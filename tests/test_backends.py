@@ -31,8 +31,11 @@ from backend_fns import (
     Unpicklable,
     die_on_5,
     fail_on_7,
+    is_odd,
     jitter,
+    noop,
     poly,
+    repeat_gen,
     sleep_long,
     sleep_medium,
     sleep_short,
@@ -508,3 +511,19 @@ def test_importing_trioflow_never_imports_dask() -> None:
     code = ("import sys, trioflow; trioflow.Dask(); "
             "assert not {'dask', 'distributed'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_filter_tap_flat_map_on_every_backend(kind: str) -> None:
+    """Every stage that runs user code takes a backend: the same chunked calls, with each
+    operator's meaning applied to the results on the Trio side."""
+    xs = list(range(25))
+    flow = (
+        tf.from_iterable(xs)
+        | tf.filter(is_odd, backend=make(kind))
+        | tf.tap(noop, backend=make(kind))
+        | tf.flat_map(repeat_gen, backend=make(kind))
+    )
+    assert await flow.to_list() == [x for x in xs if x % 2 for _ in range(x % 3)]
+    if kind != "inline":
+        assert all(not n.fused for n in flow.plan().nodes[1:4])

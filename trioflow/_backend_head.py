@@ -23,6 +23,7 @@ Theory of operation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import outcome
@@ -31,21 +32,34 @@ import trio
 from ._backends import Backend, BackendRunner
 from ._plan import PlanNode
 from ._runner import _SKIPPED, Head, Segment, _Status
-from ._stage import DROPPED, MapStage
+from ._stage import DROPPED, FilterStage, FlatMapStage, FnStage, TapStage
 
 
 class BackendHead(Head):
-    """``map`` of a plain function on a ``Threads`` or ``Processes`` backend."""
+    """``map``, ``filter``, ``tap`` or ``flat_map`` of a plain function on a worker backend
+    (``Threads``, ``Processes``, ``Dask``): the same chunked calls; what a result becomes
+    downstream depends on the operator (the value, the item if true, the item, the items)."""
 
-    def __init__(self, node: PlanNode, spec: MapStage[Any, Any]) -> None:
+    def __init__(self, node: PlanNode, spec: FnStage[Any, Any]) -> None:
         super().__init__(node)
-        assert spec.backend is not None and isinstance(spec.concurrency, int)
+        assert spec.backend is not None
         self.backend: Backend = spec.backend
-        self.fn = spec.fn
+        concurrency = getattr(spec, "concurrency", spec.backend.default_concurrency)
+        assert isinstance(concurrency, int)
+        # what one item's result becomes downstream (the call itself is the same for all)
+        self.fn: Callable[[Any], Any] = spec.fn
+        self.post: Callable[[Any, Any], list[Any]] = _post_map
+        if isinstance(spec, FilterStage):
+            self.post = _post_filter
+        elif isinstance(spec, TapStage):
+            self.post = _post_tap
+        elif isinstance(spec, FlatMapStage):
+            self.fn = Materialized(spec.fn)  # generators do not travel: lists do
+            self.post = _post_flat
         self.chunk = spec.backend.chunk
-        self.concurrency = spec.concurrency
-        self.workers = spec.concurrency
-        self.ordered = spec.ordered
+        self.concurrency = concurrency
+        self.workers = concurrency
+        self.ordered = getattr(spec, "ordered", True)
         self.window = 2 * self.concurrency if self.ordered else self.concurrency
         self._running = 0
         self._admitted = 0
@@ -108,9 +122,10 @@ class BackendHead(Head):
             self.in_flight -= len(items)
         self._wake()
         results: list[Any] = []
+        post = self.post
         for item, out in zip(items, outs, strict=True):
             if isinstance(out, outcome.Value):
-                results.append(out.value)
+                results.extend(post(item, out.value))
                 continue
             assert isinstance(out, outcome.Error)
             err = out.error
@@ -164,3 +179,35 @@ class BackendHead(Head):
                     self._done(count)
         finally:
             self._emitting = False
+
+
+def _post_map(item: Any, result: Any) -> list[Any]:
+    return [result]
+
+
+def _post_filter(item: Any, result: Any) -> list[Any]:
+    return [item] if result else []
+
+
+def _post_tap(item: Any, result: Any) -> list[Any]:
+    return [item]
+
+
+def _post_flat(item: Any, result: Any) -> list[Any]:
+    return list(result)
+
+
+class Materialized:
+    """``fn`` with its iterable result turned into a list in the worker (picklable when
+    ``fn`` is): a generator cannot be sent back from a process or a cluster."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, item: Any) -> list[Any]:
+        return list(self.fn(item))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Materialized, (self.fn,))

@@ -11,6 +11,10 @@ scan, persistent, on_demand, sink, reduce) also takes the error policies, as dat
 (async functions). "On error" in each docstring describes the default; with ``Skip`` or
 ``DeadLetter`` a failed item is dropped (counted, or sent to the target) and the stage goes
 on. A stage with a retry, a timeout or a channel dead-letter target is not fused.
+
+``map``, ``filter``, ``tap`` and ``flat_map`` also take ``backend=`` (``Threads``,
+``Processes``, ``Dask``; ``Inline()`` is the default): a plain function then runs off the
+Trio thread, a chunk of items per call, and the stage is never fused (``docs/backends.md``).
 """
 
 from __future__ import annotations
@@ -239,6 +243,7 @@ def filter(
     on_error: OnError = FAIL,
     retry: Retry | None = None,
     timeout: float | None = None,
+    backend: Backend | None = None,
 ) -> Stage[T, U]: ...
 @overload
 def filter(
@@ -250,6 +255,7 @@ def filter(
     on_error: OnError = FAIL,
     retry: Retry | None = None,
     timeout: float | None = None,
+    backend: Backend | None = None,
 ) -> Stage[T, T]: ...
 def filter(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
@@ -260,6 +266,7 @@ def filter(
     on_error: OnError = FAIL,
     retry: Retry | None = None,
     timeout: float | None = None,
+    backend: Backend | None = None,
 ) -> Stage[T, Any]:
     """Keep the items for which ``fn(item)`` is true (plain functions are fused). A
     ``TypeGuard`` predicate narrows the item type for the rest of the chain.
@@ -271,7 +278,8 @@ def filter(
     * on error: the exception fails the run, noted with stage and item.
     """
     return FilterStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
-        on_error=on_error, retry=retry, timeout=timeout)
+        on_error=on_error, retry=retry, timeout=timeout,
+        backend=backend)
 
 
 def flat_map(
@@ -284,6 +292,7 @@ def flat_map(
     on_error: OnError = FAIL,
     retry: Retry | None = None,
     timeout: float | None = None,
+    backend: Backend | None = None,
 ) -> Stage[T, U]:
     """Replace each item by the items of ``fn(item)``: a function returning an iterable,
     a generator function, an async function returning an iterable, or an async generator.
@@ -295,7 +304,8 @@ def flat_map(
     * on error: the exception fails the run, noted with stage and item.
     """
     return FlatMapStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
-        on_error=on_error, retry=retry, timeout=timeout)
+        on_error=on_error, retry=retry, timeout=timeout,
+        backend=backend)
 
 
 def tap(
@@ -307,6 +317,7 @@ def tap(
     on_error: OnError = FAIL,
     retry: Retry | None = None,
     timeout: float | None = None,
+    backend: Backend | None = None,
 ) -> Stage[T, T]:
     """Call ``fn(item)`` for its side effect and pass the item on unchanged.
 
@@ -317,7 +328,8 @@ def tap(
     * on error: the exception fails the run, noted with stage and item.
     """
     return TapStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
-        on_error=on_error, retry=retry, timeout=timeout)
+        on_error=on_error, retry=retry, timeout=timeout,
+        backend=backend)
 
 
 def take(count: int, *, name: str | None = None) -> Stage[T, T]:

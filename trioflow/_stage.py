@@ -293,6 +293,8 @@ class FnStage(Stage[In, Out]):
 
     fn: Callable[..., Any]
     kind: CallKind = attrs.field(default=CallKind.SYNC)
+    #: where the calls run (``None``: inline on the Trio thread, as ``Inline()``)
+    backend: Backend | None = None
 
     allowed_kinds: ClassVar[frozenset[CallKind]] = frozenset({CallKind.SYNC, CallKind.ASYNC})
     runs_user_code: ClassVar[bool] = True
@@ -305,11 +307,25 @@ class FnStage(Stage[In, Out]):
                 f"function {self.fn!r}"
             )
         object.__setattr__(self, "kind", kind)
+        if self.backend is not None:
+            _check_backend(self)
+            if self.runs_elsewhere and kind not in (CallKind.SYNC, CallKind.SYNC_GEN):
+                raise DefinitionTypeError(
+                    f"backend={self.backend!r} runs a plain function in a worker: fn must be a "
+                    f"plain (sync) function, got a {kind.value} function {self.fn!r}"
+                )
         super().__attrs_post_init__()
 
     @property
+    def runs_elsewhere(self) -> bool:
+        """Whether the calls run on a worker backend (threads, processes, a cluster), off
+        the Trio thread: never fused, always a head of its own (``_backend_head``)."""
+        return self.backend is not None and not self.backend.runs_inline
+
+    @property
     def inline(self) -> bool:
-        return self.kind in (CallKind.SYNC, CallKind.SYNC_GEN) and not self.policies_need_task
+        return (self.kind in (CallKind.SYNC, CallKind.SYNC_GEN) and not self.policies_need_task
+                and not self.runs_elsewhere)
 
 
 @attrs.frozen(kw_only=True)
@@ -351,25 +367,15 @@ class MapStage(FnStage[In, Out]):
     key: Callable[[Any], Any] | None = None
     #: with ``key``: how many items of one key may run at once
     per_key: int = 1
-    #: where the calls run (``None``: inline on the Trio thread, as ``Inline()``)
-    backend: Backend | None = None
 
     operator: ClassVar[str] = "map"
 
     def __attrs_post_init__(self) -> None:
-        if self.backend is not None:
-            _check_backend(self)
         super().__attrs_post_init__()
         top = check_workers("concurrency", self.concurrency)
         check_bool("ordered", self.ordered)
         check_window(self.window, top)
-        if self.runs_elsewhere:
-            if self.kind is not CallKind.SYNC:
-                raise DefinitionTypeError(
-                    f"backend={self.backend!r} runs a plain function in a worker: fn must be a "
-                    f"plain (sync) function, got a {self.kind.value} function {self.fn!r}"
-                )
-        elif top > 1 and self.kind is not CallKind.ASYNC:
+        if not self.runs_elsewhere and top > 1 and self.kind is not CallKind.ASYNC:
             raise DefinitionValueError(
                 f"concurrency={self.concurrency!r} needs an async fn: a sync fn {self.fn!r} "
                 "would block the Trio thread (use concurrency=1, or an async function)"
@@ -383,12 +389,6 @@ class MapStage(FnStage[In, Out]):
             raise DefinitionValueError(
                 f"per_key must be <= concurrency ({top}), got {self.per_key!r}"
             )
-
-    @property
-    def runs_elsewhere(self) -> bool:
-        """Whether the calls run on a worker backend (threads, processes), off the Trio
-        thread: never fused, always a head of its own (``_backend_head``)."""
-        return self.backend is not None and not self.backend.runs_inline
 
     @property
     def max_concurrency(self) -> int:
@@ -409,7 +409,7 @@ class MapStage(FnStage[In, Out]):
         return self.kind is CallKind.SYNC and not self.policies_need_task and not self.runs_elsewhere
 
 
-def _check_backend(spec: MapStage[Any, Any]) -> None:
+def _check_backend(spec: FnStage[Any, Any]) -> None:
     """A stage on a worker backend: what this slice does not support is refused by name."""
     backend = spec.backend
     if not isinstance(backend, Backend):
@@ -420,8 +420,9 @@ def _check_backend(spec: MapStage[Any, Any]) -> None:
         return
     unsupported = [
         ("retry", spec.retry is not None), ("timeout", spec.timeout is not None),
-        ("key", spec.key is not None), ("window", spec.window is not None),
-        ("concurrency=Adaptive(...)", isinstance(spec.concurrency, Adaptive)),
+        ("key", getattr(spec, "key", None) is not None),
+        ("window", getattr(spec, "window", None) is not None),
+        ("concurrency=Adaptive(...)", isinstance(getattr(spec, "concurrency", 1), Adaptive)),
     ]
     for argument, given in unsupported:
         if given:
