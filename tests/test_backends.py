@@ -332,8 +332,8 @@ def test_definition_errors_name_the_argument() -> None:
         tf.map(afn, backend=tf.Threads())
     with pytest.raises(tf.DefinitionTypeError, match="backend"):
         tf.map(poly, backend="threads")  # type: ignore[arg-type]
-    with pytest.raises(tf.DefinitionValueError, match="retry"):
-        tf.map(poly, backend=tf.Threads(), retry=tf.Retry())
+    with pytest.raises(tf.DefinitionValueError, match="key"):
+        tf.map(poly, backend=tf.Threads(), key=abs)
     with pytest.raises(tf.DefinitionValueError, match="limit"):
         tf.Threads(limit=0)
     with pytest.raises(tf.DefinitionValueError, match="chunk"):
@@ -527,3 +527,65 @@ async def test_filter_tap_flat_map_on_every_backend(kind: str) -> None:
     assert await flow.to_list() == [x for x in xs if x % 2 for _ in range(x % 3)]
     if kind != "inline":
         assert all(not n.fused for n in flow.plan().nodes[1:4])
+
+
+# -- retries, timeouts and sinks on worker backends -------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+async def test_retry_on_a_worker_backend_reaches_the_dead_letter(kind: str) -> None:
+    letters: list[tf.DeadLetterEntry] = []
+    stage = tf.map(fail_on_7, backend=make(kind), name="r", on_error=tf.DeadLetter(letters),
+                   retry=tf.Retry(attempts=3, backoff=tf.Backoff(min=0.001, jitter=0)))
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start((tf.from_iterable(range(10)) | stage | tf.to_list()).run)
+        await handle.wait()
+    assert handle.result() == [x * 2 for x in range(10) if x != 7]
+    assert [(e.item, e.attempt) for e in letters] == [(7, 3)]
+    assert handle.statistics().stage("r").retries == 2
+
+
+async def test_retry_on_threads_recovers_a_flaky_call() -> None:
+    calls: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def flaky(x: int) -> int:
+        with lock:
+            calls[x] = calls.get(x, 0) + 1
+            first = calls[x] == 1
+        if first and x % 3 == 0:
+            raise ConnectionError(x)
+        return x * 2
+
+    stage = tf.map(flaky, backend=tf.Threads(limit=3, chunk=4),
+                   retry=tf.Retry(attempts=2, on=ConnectionError, backoff=tf.Backoff(min=0.001)))
+    assert await (tf.from_iterable(range(12)) | stage).to_list() == [x * 2 for x in range(12)]
+    assert all(calls[x] == (2 if x % 3 == 0 else 1) for x in range(12))
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+async def test_timeout_on_a_worker_backend_is_per_item(kind: str) -> None:
+    def pick(x: int) -> int:
+        return x
+
+    # sleep_long takes an hour: the 0.3 s limit gives the call up (thread abandoned, process
+    # job killed) and the item is skipped; the others go through
+    stage = tf.map(sleep_long, backend=make(kind), timeout=0.3, on_error=tf.Skip(), name="t")
+    flow = tf.from_iterable([1]) | stage
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start((flow | tf.to_list()).run)
+        await handle.wait()
+    assert handle.result() == []
+    assert handle.statistics().stage("t").skipped == 1
+    ok = tf.map(pick, backend=make(kind), timeout=5)
+    assert await (tf.from_iterable(range(5)) | ok).to_list() == list(range(5))
+
+
+async def test_sink_on_a_worker_backend() -> None:
+    got: list[int] = []
+    await (tf.from_iterable(range(20)) | tf.sink(got.append, backend=tf.Threads(limit=2, chunk=3))).run()
+    assert sorted(got) == list(range(20))
+    letters: list[tf.DeadLetterEntry] = []
+    sink = tf.sink(fail_on_7, backend=make("processes"), on_error=tf.DeadLetter(letters))
+    await (tf.from_iterable(range(10)) | sink).run()
+    assert [e.item for e in letters] == [7]

@@ -23,6 +23,8 @@ Theory of operation.
 
 from __future__ import annotations
 
+import contextlib
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +34,7 @@ import trio
 from ._backends import Backend, BackendRunner
 from ._plan import PlanNode
 from ._runner import _SKIPPED, Head, Segment, _Status
-from ._stage import DROPPED, FilterStage, FlatMapStage, FnStage, TapStage
+from ._stage import DROPPED, FilterStage, FlatMapStage, FnSink, FnStage, TapStage
 
 
 class BackendHead(Head):
@@ -40,7 +42,7 @@ class BackendHead(Head):
     (``Threads``, ``Processes``, ``Dask``): the same chunked calls; what a result becomes
     downstream depends on the operator (the value, the item if true, the item, the items)."""
 
-    def __init__(self, node: PlanNode, spec: FnStage[Any, Any]) -> None:
+    def __init__(self, node: PlanNode, spec: FnStage[Any, Any] | FnSink[Any]) -> None:
         super().__init__(node)
         assert spec.backend is not None
         self.backend: Backend = spec.backend
@@ -56,7 +58,13 @@ class BackendHead(Head):
         elif isinstance(spec, FlatMapStage):
             self.fn = Materialized(spec.fn)  # generators do not travel: lists do
             self.post = _post_flat
-        self.chunk = spec.backend.chunk
+        elif isinstance(spec, FnSink):
+            self.post = _post_sink
+        self.retry = spec.retry
+        self.timeout = spec.timeout
+        self._rng = random.Random()
+        # a timeout is per item: calls then carry one item each
+        self.chunk = 1 if spec.timeout is not None else spec.backend.chunk
         self.concurrency = concurrency
         self.workers = concurrency
         self.ordered = getattr(spec, "ordered", True)
@@ -105,6 +113,44 @@ class BackendHead(Head):
                 self.in_flight += len(part)
                 nursery.start_soon(guarded, self._call, runner, seq, part)
 
+    async def _one_call(self, runner: BackendRunner, items: list[Any]) -> list[Any]:
+        if self.timeout is None:
+            return await runner.call_chunk(self.fn, items)
+        # with a timeout every call carries one item (see __init__), so the limit is per
+        # item; the backend gives the call up as on any cancellation (threads abandon it,
+        # processes kill the job, Dask cancels the future)
+        with trio.move_on_after(self.timeout):
+            return await runner.call_chunk(self.fn, items)
+        return [outcome.Error(trio.TooSlowError()) for _ in items]
+
+    async def _call_with_policies(self, runner: BackendRunner, items: list[Any]) -> list[Any]:
+        """One call for the chunk, then, under ``retry``, new calls for the items whose
+        errors the policy retries, after the backoff; each error left carries its
+        attempt number (``trioflow_attempts``) for dead letters."""
+        outs = await self._one_call(runner, items)
+        retry = self.retry
+        attempts = [1] * len(items)
+        if retry is not None:
+            attempt = 1
+            while attempt < retry.attempts:
+                redo = [i for i, o in enumerate(outs)
+                        if isinstance(o, outcome.Error) and retry.retries(o.error)]
+                if not redo:
+                    break
+                if self.guard is not None:
+                    self.guard.retries += len(redo)
+                await trio.sleep(retry.backoff.delay(attempt, self._rng))
+                attempt += 1
+                again = await self._one_call(runner, [items[i] for i in redo])
+                for i, o in zip(redo, again, strict=True):
+                    outs[i] = o
+                    attempts[i] = attempt
+        for o, n in zip(outs, attempts, strict=True):
+            if isinstance(o, outcome.Error):
+                with contextlib.suppress(AttributeError):
+                    o.error.trioflow_attempts = n  # type: ignore[attr-defined]
+        return outs
+
     def _wake(self) -> None:
         if self._space and self._running < self.concurrency and self._admitted < self.window:
             self._space.unpark()
@@ -113,7 +159,7 @@ class BackendHead(Head):
         self, runner: BackendRunner, seq: int, items: list[Any], task_status: _Status
     ) -> None:
         try:
-            outs = await runner.call_chunk(self.fn, items)
+            outs = await self._call_with_policies(runner, items)
         except Exception as exc:  # the call itself failed (BackendError): no item policy
             self.failed(exc, None, has_item=False)
             raise
@@ -195,6 +241,10 @@ def _post_tap(item: Any, result: Any) -> list[Any]:
 
 def _post_flat(item: Any, result: Any) -> list[Any]:
     return list(result)
+
+
+def _post_sink(item: Any, result: Any) -> list[Any]:
+    return []
 
 
 class Materialized:

@@ -12,7 +12,7 @@ scan, persistent, on_demand, sink, reduce) also takes the error policies, as dat
 ``DeadLetter`` a failed item is dropped (counted, or sent to the target) and the stage goes
 on. A stage with a retry, a timeout or a channel dead-letter target is not fused.
 
-``map``, ``filter``, ``tap`` and ``flat_map`` also take ``backend=`` (``Threads``,
+``map``, ``filter``, ``tap``, ``flat_map`` and ``sink`` also take ``backend=`` (``Threads``,
 ``Processes``, ``Dask``; ``Inline()`` is the default): a plain function then runs off the
 Trio thread, a chunk of items per call, and the stage is never fused (``docs/backends.md``).
 """
@@ -528,6 +528,7 @@ def sink(
     on_error: OnError = FAIL,
     retry: Retry | None = None,
     timeout: float | None = None,
+    backend: Backend | None = None,
 ) -> Sink[T, None]:
     """End a flow by calling ``fn(item)`` for every item; the run returns ``None``.
 
@@ -538,7 +539,8 @@ def sink(
     * on error: the exception fails the run, noted with stage and item.
     """
     return FnSink(fn=fn, name=name, buffer=buffer, overflow=overflow,
-        on_error=on_error, retry=retry, timeout=timeout)
+        on_error=on_error, retry=retry, timeout=timeout,
+        backend=backend)
 
 
 def to_list(*, name: str | None = None) -> Sink[T, builtins.list[T]]:

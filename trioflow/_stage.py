@@ -190,7 +190,7 @@ def _check_stage_policies(spec: Any) -> None:
     if spec.timeout is not None:
         object.__setattr__(spec, "timeout", check_seconds("timeout", spec.timeout))
     kind = getattr(spec, "kind", CallKind.ASYNC)
-    if spec.timeout is not None and kind not in (CallKind.ASYNC,):
+    if spec.timeout is not None and kind is not CallKind.ASYNC and not getattr(spec, "runs_elsewhere", False):
         raise DefinitionValueError(
             f"timeout needs an async fn: a plain function on the Trio thread cannot be "
             f"interrupted (got {getattr(spec, 'fn', None)!r})"
@@ -409,7 +409,7 @@ class MapStage(FnStage[In, Out]):
         return self.kind is CallKind.SYNC and not self.policies_need_task and not self.runs_elsewhere
 
 
-def _check_backend(spec: FnStage[Any, Any]) -> None:
+def _check_backend(spec: FnStage[Any, Any] | FnSink[Any]) -> None:
     """A stage on a worker backend: what this slice does not support is refused by name."""
     backend = spec.backend
     if not isinstance(backend, Backend):
@@ -419,7 +419,6 @@ def _check_backend(spec: FnStage[Any, Any]) -> None:
     if backend.runs_inline:
         return
     unsupported = [
-        ("retry", spec.retry is not None), ("timeout", spec.timeout is not None),
         ("key", getattr(spec, "key", None) is not None),
         ("window", getattr(spec, "window", None) is not None),
         ("concurrency=Adaptive(...)", isinstance(getattr(spec, "concurrency", 1), Adaptive)),
@@ -591,6 +590,8 @@ class ContinuousStage(Stage[In, Out]):
 class FnSink(Sink[In, None]):
     fn: Callable[..., Any]
     kind: CallKind = attrs.field(default=CallKind.SYNC)
+    #: where the calls run (``None``: inline on the Trio thread)
+    backend: Backend | None = None
 
     operator: ClassVar[str] = "sink"
     runs_user_code: ClassVar[bool] = True
@@ -602,11 +603,23 @@ class FnSink(Sink[In, None]):
                 f"fn of sink must be a plain or async function, got a {kind.value} function"
             )
         object.__setattr__(self, "kind", kind)
+        if self.backend is not None:
+            _check_backend(self)
+            if self.runs_elsewhere and kind is not CallKind.SYNC:
+                raise DefinitionTypeError(
+                    f"backend={self.backend!r} runs a plain function in a worker: fn must be a "
+                    f"plain (sync) function, got a {kind.value} function {self.fn!r}"
+                )
         super().__attrs_post_init__()
 
     @property
+    def runs_elsewhere(self) -> bool:
+        """Whether the calls run on a worker backend, off the Trio thread."""
+        return self.backend is not None and not self.backend.runs_inline
+
+    @property
     def inline(self) -> bool:
-        return self.kind is CallKind.SYNC and not self.policies_need_task
+        return self.kind is CallKind.SYNC and not self.policies_need_task and not self.runs_elsewhere
 
 
 @attrs.frozen(kw_only=True)
