@@ -78,3 +78,13 @@ def repeat_gen(x: int):  # type: ignore[no-untyped-def]
 
 def noop(x: int) -> None:
     return None
+
+
+def below_12(x: int) -> bool:
+    return x < 12
+
+
+def add_or_fail_on_5(acc: int, x: int) -> int:
+    if x == 5:
+        raise ValueError("five")
+    return acc + x

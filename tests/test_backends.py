@@ -29,6 +29,8 @@ import pytest
 import trio
 from backend_fns import (
     Unpicklable,
+    add_or_fail_on_5,
+    below_12,
     die_on_5,
     fail_on_7,
     is_odd,
@@ -589,3 +591,32 @@ async def test_sink_on_a_worker_backend() -> None:
     sink = tf.sink(fail_on_7, backend=make("processes"), on_error=tf.DeadLetter(letters))
     await (tf.from_iterable(range(10)) | sink).run()
     assert [e.item for e in letters] == [7]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_take_while_scan_reduce_on_every_backend(kind: str) -> None:
+    """The stateful operators run on backends too: scan and reduce fold each chunk in one
+    call from the current accumulator (a failed item leaves it unchanged), take_while stops
+    at the first false item."""
+    xs = list(range(20))
+    flow = tf.from_iterable(xs) | tf.take_while(below_12, backend=make(kind))
+    assert await flow.to_list() == list(range(12))
+
+    scan = tf.scan(add_or_fail_on_5, 0, backend=make(kind), on_error=tf.Skip())
+    want, acc = [], 0
+    for x in xs:
+        if x != 5:
+            acc += x
+            want.append(acc)
+    assert await (tf.from_iterable(xs) | scan).to_list() == want
+
+    total = await (tf.from_iterable(xs) | tf.reduce(add_or_fail_on_5, 0, backend=make(kind),
+                                                    on_error=tf.Skip())).run()
+    assert total == sum(xs) - 5
+    with pytest.RaisesGroup(ValueError):
+        await (tf.from_iterable(xs) | tf.reduce(add_or_fail_on_5, 0, backend=make(kind))).run()
+
+
+def test_fold_backends_refuse_retry() -> None:
+    with pytest.raises(tf.DefinitionValueError, match="retry"):
+        tf.scan(add_or_fail_on_5, 0, backend=tf.Threads(), retry=tf.Retry())

@@ -34,7 +34,17 @@ import trio
 from ._backends import Backend, BackendRunner
 from ._plan import PlanNode
 from ._runner import _SKIPPED, Head, Segment, _Status
-from ._stage import DROPPED, FilterStage, FlatMapStage, FnSink, FnStage, TapStage
+from ._stage import (
+    DROPPED,
+    FilterStage,
+    FlatMapStage,
+    FnSink,
+    FnStage,
+    ReduceSink,
+    ScanStage,
+    TakeWhileStage,
+    TapStage,
+)
 
 
 class BackendHead(Head):
@@ -42,7 +52,7 @@ class BackendHead(Head):
     (``Threads``, ``Processes``, ``Dask``): the same chunked calls; what a result becomes
     downstream depends on the operator (the value, the item if true, the item, the items)."""
 
-    def __init__(self, node: PlanNode, spec: FnStage[Any, Any] | FnSink[Any]) -> None:
+    def __init__(self, node: PlanNode, spec: FnStage[Any, Any] | FnSink[Any] | ReduceSink[Any]) -> None:
         super().__init__(node)
         assert spec.backend is not None
         self.backend: Backend = spec.backend
@@ -60,6 +70,16 @@ class BackendHead(Head):
             self.post = _post_flat
         elif isinstance(spec, FnSink):
             self.post = _post_sink
+        elif isinstance(spec, TakeWhileStage):
+            self.post = _post_take_while
+        # scan and reduce fold a whole chunk in one call, in order: one call at a time
+        self.fold: FoldChunk | None = None
+        self.acc: Any = None
+        self.is_reduce = isinstance(spec, ReduceSink)
+        if isinstance(spec, ScanStage | ReduceSink):
+            self.fold = FoldChunk(spec.fn)
+            self.acc = spec.initial
+            concurrency = 1
         self.retry = spec.retry
         self.timeout = spec.timeout
         self._rng = random.Random()
@@ -155,9 +175,43 @@ class BackendHead(Head):
         if self._space and self._running < self.concurrency and self._admitted < self.window:
             self._space.unpark()
 
+    def result(self) -> Any:
+        return self.acc if self.is_reduce else None
+
+    async def _call_fold(self, runner: BackendRunner, seq: int, items: list[Any]) -> None:
+        """scan/reduce: the chunk is folded in one call from the current accumulator; a
+        failed item leaves the accumulator unchanged and goes through the error policy."""
+        assert self.fold is not None
+        try:
+            (out,) = await runner.call_chunk(self.fold, [(self.acc, items)])
+            steps = out.unwrap()
+            results = await self._apply_fold(items, steps)
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)  # (a no-op for an already noted error)
+            raise
+        finally:
+            self._running -= 1
+            self.in_flight -= len(items)
+        self._wake()
+        await self._deposit(seq, results)
+
+    async def _apply_fold(self, items: list[Any], steps: list[tuple[str, Any]]) -> list[Any]:
+        results: list[Any] = []
+        for item, step in zip(items, steps, strict=True):
+            if step[0] == "ok":
+                self.acc = step[1]
+                if not self.is_reduce:
+                    results.append(step[1])
+            elif not await self.recover(step[1], item):
+                raise step[1]
+        return results
+
     async def _call(
         self, runner: BackendRunner, seq: int, items: list[Any], task_status: _Status
     ) -> None:
+        if self.fold is not None:
+            await self._call_fold(runner, seq, items)
+            return
         try:
             outs = await self._call_with_policies(runner, items)
         except Exception as exc:  # the call itself failed (BackendError): no item policy
@@ -216,6 +270,9 @@ class BackendHead(Head):
                 self._next = nxt
                 self.waiting -= len(batch)
                 batch = [r for r in batch if r is not _SKIPPED]
+                stop = next((i for i, r in enumerate(batch) if r is _STOP), None)
+                if stop is not None:
+                    batch = batch[:stop]  # take_while: the first false item ends the stage
                 # the calls count against the window until handed on (backpressure)
                 try:
                     if batch:
@@ -223,6 +280,8 @@ class BackendHead(Head):
                         await seg.emit(batch)
                 finally:
                     self._done(count)
+                if stop is not None:
+                    await seg.stop_here(-1)
         finally:
             self._emitting = False
 
@@ -245,6 +304,44 @@ def _post_flat(item: Any, result: Any) -> list[Any]:
 
 def _post_sink(item: Any, result: Any) -> list[Any]:
     return []
+
+
+class _Stop:
+    __slots__ = ()
+
+
+#: take_while's false item: everything after it is dropped and the stage stops
+_STOP = _Stop()
+
+
+def _post_take_while(item: Any, result: Any) -> list[Any]:
+    return [item] if result else [_STOP]
+
+
+class FoldChunk:
+    """``fn`` folded over a chunk from an accumulator, in the worker: ``((acc, items))``
+    gives one ``("ok", acc)`` or ``("error", exc)`` per item (a failed item leaves the
+    accumulator unchanged). Picklable when ``fn`` is."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, job: tuple[Any, list[Any]]) -> list[tuple[str, Any]]:
+        acc, items = job
+        steps: list[tuple[str, Any]] = []
+        for item in items:
+            try:
+                acc = self.fn(acc, item)
+            except Exception as exc:
+                steps.append(("error", exc))
+            else:
+                steps.append(("ok", acc))
+        return steps
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FoldChunk, (self.fn,))
 
 
 class Materialized:

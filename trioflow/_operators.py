@@ -12,7 +12,8 @@ scan, persistent, on_demand, sink, reduce) also takes the error policies, as dat
 ``DeadLetter`` a failed item is dropped (counted, or sent to the target) and the stage goes
 on. A stage with a retry, a timeout or a channel dead-letter target is not fused.
 
-``map``, ``filter``, ``tap``, ``flat_map`` and ``sink`` also take ``backend=`` (``Threads``,
+``map``, ``filter``, ``tap``, ``flat_map``, ``take_while``, ``scan``, ``sink`` and ``reduce``
+also take ``backend=`` (``Threads``,
 ``Processes``, ``Dask``; ``Inline()`` is the default): a plain function then runs off the
 Trio thread, a chunk of items per call, and the stage is never fused (``docs/backends.md``).
 """
@@ -366,6 +367,7 @@ def take_while(
     on_error: OnError = FAIL,
     retry: Retry | None = None,
     timeout: float | None = None,
+    backend: Backend | None = None,
 ) -> Stage[T, T]:
     """Pass items on while ``fn(item)`` is true; stop at the first false one (dropped).
 
@@ -376,7 +378,8 @@ def take_while(
     * on error: the exception fails the run, noted with stage and item.
     """
     return TakeWhileStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
-        on_error=on_error, retry=retry, timeout=timeout)
+        on_error=on_error, retry=retry, timeout=timeout,
+        backend=backend)
 
 
 def scan(
@@ -389,6 +392,7 @@ def scan(
     on_error: OnError = FAIL,
     retry: Retry | None = None,
     timeout: float | None = None,
+    backend: Backend | None = None,
 ) -> Stage[T, A]:
     """Running accumulation: emits ``acc = fn(acc, item)`` after each item, starting from
     ``initial`` (which itself is not emitted), like ``itertools.accumulate(..., initial=)[1:]``.
@@ -400,7 +404,8 @@ def scan(
     * on error: the exception fails the run, noted with stage and item.
     """
     return ScanStage(fn=fn, initial=initial, name=name, buffer=buffer, overflow=overflow,
-        on_error=on_error, retry=retry, timeout=timeout)
+        on_error=on_error, retry=retry, timeout=timeout,
+        backend=backend)
 
 
 def batch(
@@ -565,6 +570,7 @@ def reduce(
     on_error: OnError = FAIL,
     retry: Retry | None = None,
     timeout: float | None = None,
+    backend: Backend | None = None,
 ) -> Sink[T, A]:
     """End a flow by folding: ``acc = fn(acc, item)`` from ``initial``; returns ``acc``.
 
@@ -575,4 +581,5 @@ def reduce(
     * on error: the exception fails the run, noted with stage and item.
     """
     return ReduceSink(fn=fn, initial=initial, name=name, buffer=buffer, overflow=overflow,
-        on_error=on_error, retry=retry, timeout=timeout)
+        on_error=on_error, retry=retry, timeout=timeout,
+        backend=backend)

@@ -1548,7 +1548,7 @@ def _make_head(node: PlanNode) -> Head:
         return ContinuousHead(node, spec)
     if isinstance(spec, BatchStage):
         return BatchTimerHead(node, spec)
-    if isinstance(spec, FnStage | FnSink) and spec.runs_elsewhere:
+    if isinstance(spec, FnStage | FnSink | ReduceSink) and spec.runs_elsewhere:
         from ._backend_head import BackendHead  # (it builds on this module's Head)
 
         return BackendHead(node, spec)

@@ -409,7 +409,7 @@ class MapStage(FnStage[In, Out]):
         return self.kind is CallKind.SYNC and not self.policies_need_task and not self.runs_elsewhere
 
 
-def _check_backend(spec: FnStage[Any, Any] | FnSink[Any]) -> None:
+def _check_backend(spec: FnStage[Any, Any] | FnSink[Any] | ReduceSink[Any]) -> None:
     """A stage on a worker backend: what this slice does not support is refused by name."""
     backend = spec.backend
     if not isinstance(backend, Backend):
@@ -418,7 +418,10 @@ def _check_backend(spec: FnStage[Any, Any] | FnSink[Any]) -> None:
         )
     if backend.runs_inline:
         return
+    folds = isinstance(spec, ScanStage | ReduceSink)  # a chunk folded in one call
     unsupported = [
+        ("retry", folds and spec.retry is not None),
+        ("timeout", folds and spec.timeout is not None),
         ("key", getattr(spec, "key", None) is not None),
         ("window", getattr(spec, "window", None) is not None),
         ("concurrency=Adaptive(...)", isinstance(getattr(spec, "concurrency", 1), Adaptive)),
@@ -647,6 +650,8 @@ class ReduceSink(Sink[In, Any]):
     fn: Callable[..., Any]
     initial: Any
     kind: CallKind = attrs.field(default=CallKind.SYNC)
+    #: where the calls run (``None``: inline on the Trio thread)
+    backend: Backend | None = None
 
     operator: ClassVar[str] = "reduce"
     runs_user_code: ClassVar[bool] = True
@@ -656,11 +661,23 @@ class ReduceSink(Sink[In, Any]):
         if kind not in (CallKind.SYNC, CallKind.ASYNC):
             raise DefinitionTypeError(f"fn of reduce must be a plain or async function, got {kind.value}")
         object.__setattr__(self, "kind", kind)
+        if self.backend is not None:
+            _check_backend(self)
+            if self.runs_elsewhere and kind is not CallKind.SYNC:
+                raise DefinitionTypeError(
+                    f"backend={self.backend!r} runs a plain function in a worker: fn must be a "
+                    f"plain (sync) function, got a {kind.value} function {self.fn!r}"
+                )
         super().__attrs_post_init__()
 
     @property
+    def runs_elsewhere(self) -> bool:
+        """Whether the calls run on a worker backend, off the Trio thread."""
+        return self.backend is not None and not self.backend.runs_inline
+
+    @property
     def inline(self) -> bool:
-        return self.kind is CallKind.SYNC and not self.policies_need_task
+        return self.kind is CallKind.SYNC and not self.policies_need_task and not self.runs_elsewhere
 
 
 # -- sources ------------------------------------------------------------------------------------
