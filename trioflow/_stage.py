@@ -309,18 +309,13 @@ class FnStage(Stage[In, Out]):
         object.__setattr__(self, "kind", kind)
         if self.backend is not None:
             _check_backend(self)
-            if self.runs_elsewhere and kind not in (CallKind.SYNC, CallKind.SYNC_GEN):
-                raise DefinitionTypeError(
-                    f"backend={self.backend!r} runs a plain function in a worker: fn must be a "
-                    f"plain (sync) function, got a {kind.value} function {self.fn!r}"
-                )
         super().__attrs_post_init__()
 
     @property
     def runs_elsewhere(self) -> bool:
         """Whether the calls run on a worker backend (threads, processes, a cluster), off
         the Trio thread: never fused, always a head of its own (``_backend_head``)."""
-        return self.backend is not None and not self.backend.runs_inline
+        return _runs_elsewhere(self)
 
     @property
     def inline(self) -> bool:
@@ -409,8 +404,13 @@ class MapStage(FnStage[In, Out]):
         return self.kind is CallKind.SYNC and not self.policies_need_task and not self.runs_elsewhere
 
 
+def _runs_elsewhere(spec: Any) -> bool:
+    return spec.backend is not None and not spec.backend.runs_inline
+
+
 def _check_backend(spec: FnStage[Any, Any] | FnSink[Any] | ReduceSink[Any]) -> None:
-    """A stage on a worker backend: what this slice does not support is refused by name."""
+    """A stage on a worker backend: a plain function (a generator function for flat_map),
+    and what backends do not support yet refused by name."""
     backend = spec.backend
     if not isinstance(backend, Backend):
         raise DefinitionTypeError(
@@ -418,6 +418,12 @@ def _check_backend(spec: FnStage[Any, Any] | FnSink[Any] | ReduceSink[Any]) -> N
         )
     if backend.runs_inline:
         return
+    plain = (CallKind.SYNC, CallKind.SYNC_GEN) if isinstance(spec, FlatMapStage) else (CallKind.SYNC,)
+    if spec.kind not in plain:
+        raise DefinitionTypeError(
+            f"backend={backend!r} runs a plain function in a worker: fn must be a plain (sync) "
+            f"function, got a {spec.kind.value} function {spec.fn!r}"
+        )
     folds = isinstance(spec, ScanStage | ReduceSink)  # a chunk folded in one call
     unsupported = [
         ("retry", folds and spec.retry is not None),
@@ -608,17 +614,12 @@ class FnSink(Sink[In, None]):
         object.__setattr__(self, "kind", kind)
         if self.backend is not None:
             _check_backend(self)
-            if self.runs_elsewhere and kind is not CallKind.SYNC:
-                raise DefinitionTypeError(
-                    f"backend={self.backend!r} runs a plain function in a worker: fn must be a "
-                    f"plain (sync) function, got a {kind.value} function {self.fn!r}"
-                )
         super().__attrs_post_init__()
 
     @property
     def runs_elsewhere(self) -> bool:
         """Whether the calls run on a worker backend, off the Trio thread."""
-        return self.backend is not None and not self.backend.runs_inline
+        return _runs_elsewhere(self)
 
     @property
     def inline(self) -> bool:
@@ -663,17 +664,12 @@ class ReduceSink(Sink[In, Any]):
         object.__setattr__(self, "kind", kind)
         if self.backend is not None:
             _check_backend(self)
-            if self.runs_elsewhere and kind is not CallKind.SYNC:
-                raise DefinitionTypeError(
-                    f"backend={self.backend!r} runs a plain function in a worker: fn must be a "
-                    f"plain (sync) function, got a {kind.value} function {self.fn!r}"
-                )
         super().__attrs_post_init__()
 
     @property
     def runs_elsewhere(self) -> bool:
         """Whether the calls run on a worker backend, off the Trio thread."""
-        return self.backend is not None and not self.backend.runs_inline
+        return _runs_elsewhere(self)
 
     @property
     def inline(self) -> bool:
