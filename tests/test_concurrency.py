@@ -8,12 +8,9 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from virtual import run_virtual
 
 import trioflow as tf
-
-
-def run_virtual(fn, *args):  # type: ignore[no-untyped-def]
-    return trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 @settings(max_examples=150, deadline=None)

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from virtual import run_virtual
 
 import trioflow as tf
 
@@ -19,8 +20,6 @@ class Boom(Exception):
     pass
 
 
-def run_virtual(fn, *args):  # type: ignore[no-untyped-def]
-    return trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 # -- the invariant: emitted + dead-lettered + skipped + filtered == input, exactly once -----

@@ -34,6 +34,7 @@ from strategies import (
     reference,
     run_specs,
 )
+from virtual import run_virtual
 
 import trioflow as tf
 from trioflow._edge import DownstreamClosed, Edge
@@ -51,17 +52,8 @@ def examples(n: int) -> settings:
 PROPS = examples(150)
 
 
-#: Virtual seconds after which a run counts as deadlocked: with the autojump clock, a run
-#: whose tasks all wait forever reaches this deadline at once and fails instead of hanging.
-DEADLOCK = 100_000.0
 
 
-def run_virtual(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    async def guarded() -> Any:
-        with trio.fail_after(DEADLOCK):
-            return await fn(*args)
-
-    return trio.run(guarded, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def all_tasks() -> set[trio.lowlevel.Task]:

@@ -18,6 +18,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from virtual import run_virtual
 
 import trioflow as tf
 import trioflow.testing as tft
@@ -545,8 +546,6 @@ async def test_resource_tracker_counts_opens_and_closes() -> None:
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def run_virtual(fn, *args):  # type: ignore[no-untyped-def]
-    return trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 @PROPS

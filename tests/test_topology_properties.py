@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
+from virtual import DEADLOCK, run_virtual
 
 import trioflow as tf
 
@@ -39,18 +40,10 @@ def examples(n: int) -> settings:
 PROPS = examples(150)
 MANY = examples(200)
 
-#: Virtual seconds after which a run counts as deadlocked.
-DEADLOCK = 100_000.0
 
 Item = tuple[int, tuple[str, ...]]
 
 
-def run_virtual(fn: Callable[[], Awaitable[Any]]) -> Any:
-    async def guarded() -> Any:
-        with trio.fail_after(DEADLOCK):
-            return await fn()
-
-    return trio.run(guarded, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def all_tasks() -> set[trio.lowlevel.Task]:
