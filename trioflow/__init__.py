@@ -123,9 +123,9 @@ from ._policies import OnError as OnError
 from ._policies import Restart as Restart
 from ._policies import Retry as Retry
 from ._policies import Skip as Skip
-from ._runner import Emit as Emit
-from ._runner import ItemStream as ItemStream
-from ._runner import RunHandle as RunHandle
+from ._runtime import Emit as Emit
+from ._runtime import ItemStream as ItemStream
+from ._runtime import RunHandle as RunHandle
 from ._signals import run_until_signal as run_until_signal
 from ._stage import Adaptive as Adaptive
 from ._stage import Lifecycle as Lifecycle

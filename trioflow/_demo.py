@@ -21,7 +21,7 @@ from typing import Any, TypeGuard
 import trio
 
 from . import _operators as tf
-from ._runner import Emit, RunHandle
+from ._runtime import Emit, RunHandle
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (

@@ -11,7 +11,7 @@ import trio
 
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._plan import Plan, plan
-from ._runner import ItemStream, RunHandle, Runner, run_to_completion
+from ._runtime import ItemStream, RunHandle, Runner, run_to_completion
 from ._stage import Chain, DiscardSink, ListSink, Sink, Source, Stage, check_int
 
 T = TypeVar("T")

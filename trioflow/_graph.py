@@ -18,7 +18,7 @@ import trio
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._flow import DEFAULT_BUFFER, DEFAULT_CHUNK_SIZE, Flow, _check_run_args
 from ._plan import DEFAULT, GraphNode, Plan, RoutePort, add_stage, plan_graph, unique_names
-from ._runner import RunHandle, Runner
+from ._runtime import RunHandle, Runner
 from ._stage import (
     BalanceSpec,
     BroadcastSpec,

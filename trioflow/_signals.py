@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ._runner import RunHandle
+from ._runtime import RunHandle
 
 
 class _Runnable(Protocol):

@@ -39,7 +39,7 @@ import trio
 from .._errors import short_repr
 from .._flow import DEFAULT_BUFFER, DEFAULT_CHUNK_SIZE
 from .._operators import continuous, source
-from .._runner import Emit, RunHandle
+from .._runtime import Emit, RunHandle
 from .._stage import Stage
 from ._run import _leaves
 

@@ -16,7 +16,7 @@ import attrs
 from .._errors import DefinitionTypeError
 from .._flow import DEFAULT_BUFFER, DEFAULT_CHUNK_SIZE, Flow
 from .._operators import from_iterable, sink
-from .._runner import RunHandle
+from .._runtime import RunHandle
 from .._stage import Stage
 from .._stats import RunState, RunStatistics
 

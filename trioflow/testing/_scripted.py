@@ -16,7 +16,7 @@ import trio
 
 from .._flow import DEFAULT_BUFFER, DEFAULT_CHUNK_SIZE, Flow
 from .._operators import continuous, source
-from .._runner import Emit
+from .._runtime import Emit
 from .._stage import Stage
 
 T = TypeVar("T")

@@ -31,10 +31,9 @@ from typing import Any
 import outcome
 import trio
 
-from ._backends import Backend, BackendRunner
-from ._plan import PlanNode
-from ._runner import _SKIPPED, Head, Segment, _Status
-from ._stage import (
+from .._backends import Backend, BackendRunner
+from .._plan import PlanNode
+from .._stage import (
     DROPPED,
     FilterStage,
     FlatMapStage,
@@ -45,6 +44,7 @@ from ._stage import (
     TakeWhileStage,
     TapStage,
 )
+from ._segment import _SKIPPED, Head, Segment, _Status
 
 
 class BackendHead(Head):

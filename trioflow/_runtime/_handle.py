@@ -1,0 +1,117 @@
+"""What a caller holds of a live run: ``RunHandle`` and the ``ItemStream`` of ``Flow.open``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, TypeVar, final
+
+import trio
+
+from .._edge import Edge
+from .._plan import Plan
+from .._policies import DeadLetterEntry
+from .._stats import RunState, RunStatistics
+from ._runner import Runner
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+@final
+class RunHandle(Generic[R]):
+    """A live run, as returned by ``await nursery.start(flow.run)``.
+
+    ``statistics()`` reads a snapshot, ``cancel()`` aborts the run (``run`` then returns
+    quietly), ``await wait()`` waits for the end and returns the final state, and
+    ``result()`` gives the sink's result of a completed run.
+    """
+
+    __slots__ = ("_result", "_runner")
+
+    def __init__(self, runner: Runner, result: Callable[[], R] | None = None) -> None:
+        self._runner = runner
+        self._result = result
+
+    def statistics(self) -> RunStatistics:
+        """A frozen snapshot of every stage's counters and every edge's depth."""
+        return self._runner.statistics()
+
+    def cancel(self) -> None:
+        """Abort the run now: every task is cancelled; ``run`` returns without raising."""
+        self._runner.cancel()
+
+    def failures(self) -> list[DeadLetterEntry]:
+        """The failures recorded so far by stages with ``on_error=Collect()``."""
+        return list(self._runner.collected)
+
+    async def drain(self, timeout: float = math.inf) -> RunState:  # noqa: ASYNC109 - the abort point, not a deadline for the caller
+        """Stop the sources, let every item they handed over finish through to the sinks,
+        and wait for the run to end; if that takes more than ``timeout`` seconds, abort
+        (``cancel``). Returns the final state: ``COMPLETED`` after a full drain (the run
+        then completes normally and ``run`` returns the sinks' results), ``CANCELLED`` if
+        the timeout aborted it. Cancelling the caller does not affect the run."""
+        self._runner.drain()
+        with trio.move_on_after(timeout):
+            return await self._runner.wait_finished()
+        self._runner.cancel()
+        return await self._runner.wait_finished()
+
+    @property
+    def state(self) -> RunState:
+        return self._runner.state
+
+    async def wait(self) -> RunState:
+        """Wait until the run has ended (completed, failed or cancelled) and return how.
+        Cancelling the waiter does not affect the run."""
+        return await self._runner.wait_finished()
+
+    def result(self) -> R:
+        """The sink's result of a completed run; ``RuntimeError`` if it did not complete."""
+        if self._runner.state is not RunState.COMPLETED:
+            raise RuntimeError(f"the run has no result: it is {self._runner.state.value}")
+        if self._result is not None:
+            return self._result()
+        return self._runner.result()  # type: ignore[no-any-return]
+
+
+async def run_to_completion(plan: Plan, task_status: trio.TaskStatus[Any]) -> Any:
+    runner = Runner(plan)
+    handle: RunHandle[Any] = RunHandle(runner)
+
+    await runner.run_tasks(lambda: task_status.started(handle))
+    runner.raise_errors()
+    return runner.result()
+
+
+class ItemStream(Generic[T]):
+    """The output of ``Flow.open()``: ``async for item in stream`` or ``await stream.receive()``.
+
+    Items arrive in chunks; iterating a chunk that is already here does not yield to the
+    scheduler, so a loop body that never awaits runs at most one chunk between checkpoints.
+    """
+
+    def __init__(self, edge: Edge, chunk_size: int) -> None:
+        self._edge = edge
+        self._chunk_size = chunk_size
+        self._buf: deque[T] = deque()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> T:
+        """The next item; ``trio.EndOfChannel`` when the flow completed."""
+        if not self._buf:
+            chunk = await self._edge.receive(self._chunk_size)
+            if chunk is None:
+                raise trio.EndOfChannel
+            self._buf.extend(chunk)
+        return self._buf.popleft()

@@ -1,0 +1,429 @@
+"""The worker pool head: ``map(concurrency=N)``, ``persistent`` and ``on_demand``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .._errors import RunAborted, annotate
+from .._plan import PlanNode
+from .._policies import Restart, Supervisor
+from .._stage import (
+    DROPPED,
+    Adaptive,
+    MapStage,
+    OnDemandStage,
+    PersistentStage,
+)
+from ._segment import _SKIPPED, CLEANUP_TIMEOUT, Head, Segment, _policy_call, _Status
+
+
+class PoolHead(Head):
+    """Concurrent calls: ``map(concurrency=N)``, ``persistent`` and ``on_demand``.
+
+    The segment's task feeds items to the workers (or spawns a task per item for
+    on-demand). At most ``limit`` items are between admission and hand-off:
+    in ordered mode ``limit`` is the reorder window (in-flight calls are limited to N
+    separately, finished results wait in the reorder buffer for their turn); unordered,
+    ``limit`` is 2·N so a worker finds its next item ready. A worker hands its result on
+    itself, without yielding when the next edge has room, and takes the next item at once.
+
+    Keyed (``map(key=...)``): an item waits in its key's queue while ``per_key`` items of
+    that key are running, so items of one key start in input order; results of one key
+    are handed on in input order (globally in input order when ``ordered``).
+
+    Adaptive (``Adaptive(min, max, idle)``): the pool starts with ``min`` workers; the
+    feeder adds one when it queues an item and no worker is idle (up to ``max``); a worker
+    idle for ``idle`` seconds exits while more than ``min`` remain.
+    """
+
+    def __init__(self, node: PlanNode, spec: Any) -> None:
+        super().__init__(node)
+        self.spec = spec
+        self.resource: Callable[[], Any] | None = None
+        self.factory: Callable[[], Any] | None = None
+        self.key_fn: Callable[[Any], Any] | None = None
+        self.per_key = 1
+        size: int | Adaptive
+        if isinstance(spec, MapStage):
+            size = spec.concurrency
+            self.fn: Callable[..., Any] = spec.fn
+            self.key_fn = spec.key
+            self.per_key = spec.per_key
+        elif isinstance(spec, PersistentStage):
+            size = spec.workers
+            self.fn = spec.fn
+            self.resource = spec.resource
+        else:
+            assert isinstance(spec, OnDemandStage)
+            size = spec.limit
+            self.factory = spec.factory
+            self.fn = spec.factory
+        restart = getattr(spec, "restart", None)
+        self.supervisor = Supervisor(restart) if isinstance(restart, Restart) else None
+        # retries and timeouts wrap the call; error policies are applied around it
+        self.fn = _policy_call(spec, self.fn, self.guard)
+        self._instance_call = _policy_call(spec, _call_any, self.guard)
+        if isinstance(size, Adaptive):
+            self.min_workers, self.max_workers, self.idle = size.min, size.max, size.idle
+            self.adaptive = True
+        else:
+            self.min_workers = self.max_workers = size
+            self.idle = math.inf
+            self.adaptive = False
+        self.workers = 0 if self.factory is None else self.max_workers
+        self.ordered: bool = spec.ordered
+        n = self.max_workers
+        self.limit = (spec.window or 2 * n) if self.ordered else 2 * n
+        # the feeder, once blocked on the limit, is woken only when it can admit a run of
+        # items (half the queue's headroom), not once per finished item: one scheduler
+        # pass per run instead of per item, while workers still find items queued
+        self._wake_below = self.limit - max(1, (self.limit - n) // 2)
+        self._ready = 0
+        self._all_ready = trio.Event()
+        self._queue: deque[tuple[int, Any, Any]] = deque()
+        self._work = trio.lowlevel.ParkingLot()
+        self._space = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._pending = 0
+        self._running = 0
+        self._idle_workers = 0
+        self._seq = 0
+        self._next = 0
+        self._results: dict[int, Any] = {}
+        self._emitting = False
+        self._seg: Segment | None = None
+        self._nursery: trio.Nursery | None = None
+        # keyed state: per key, items running or queued to run; items waiting their turn;
+        # and (unordered, per_key > 1) the per-key reorder buffers
+        self._key_busy: dict[Any, int] = {}
+        self._key_wait: dict[Any, deque[tuple[int, Any, Any]]] = {}
+        self._key_seq: dict[Any, int] = {}
+        self._key_next: dict[Any, int] = {}
+        self._key_results: dict[Any, dict[int, Any]] = {}
+        self._item_kseq: dict[int, int] = {}
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        self._seg = seg
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.factory is None:
+                # start all workers at once and wait once (not one nursery.start each)
+                for _ in range(self.min_workers):
+                    self._spawn_worker()
+                if self.resource is not None:
+                    await self._all_ready.wait()  # every worker entered its resource
+            status.started()
+            await self._feed(seg, nursery)
+            self._closed = True
+            self._idle_workers -= len(self._work.unpark_all())
+
+    def _spawn_worker(self) -> None:
+        assert self._nursery is not None and self._seg is not None
+        self.workers += 1
+        self._nursery.start_soon(self._seg.runner.guarded, self._worker)
+
+    async def _feed(self, seg: Segment, nursery: trio.Nursery) -> None:
+        assert seg.inp is not None
+        inp = seg.inp
+        spawn = self.factory is not None
+        limit = self.limit
+        n = self.max_workers
+        key_fn = self.key_fn
+        while True:
+            chunk = await inp.receive(seg.chunk_size)
+            if chunk is None:
+                return
+            self.n_in += len(chunk)
+            for item in chunk:
+                while self._pending >= limit or (spawn and self._running >= n):
+                    await self._space.park()
+                seq = self._seq
+                self._seq = seq + 1
+                self._pending += 1
+                if spawn:
+                    self._running += 1
+                    nursery.start_soon(seg.runner.guarded, self._one, seq, item)
+                    continue
+                if key_fn is None:
+                    self._queue.append((seq, item, None))
+                else:
+                    self._admit_keyed(seq, item, key_fn)
+                if self._idle_workers:
+                    self._wake_one()
+                elif self.adaptive and self.workers < n and self._queue:
+                    self._spawn_worker()
+
+    def _admit_keyed(self, seq: int, item: Any, key_fn: Callable[[Any], Any]) -> None:
+        try:
+            k = key_fn(item)
+            busy = self._key_busy.get(k, 0)
+        except Exception as exc:  # an unhashable key is an error of the key function too
+            self.failed(exc, item)
+            raise
+        if not self.ordered and self.per_key > 1:
+            kseq = self._key_seq.get(k, 0)
+            self._key_seq[k] = kseq + 1
+            self._item_kseq[seq] = kseq
+        if busy < self.per_key:
+            self._key_busy[k] = busy + 1
+            self._queue.append((seq, item, k))
+        else:
+            self._key_wait.setdefault(k, deque()).append((seq, item, k))
+
+    def _release_key(self, k: Any) -> None:
+        waiting = self._key_wait.get(k)
+        if waiting:
+            self._queue.append(waiting.popleft())  # the key's slot passes to its next item
+            if not waiting:
+                del self._key_wait[k]
+            if self._idle_workers:
+                self._wake_one()
+        else:
+            busy = self._key_busy[k] - 1
+            if busy:
+                self._key_busy[k] = busy
+            else:
+                del self._key_busy[k]
+
+    def _wake_one(self) -> None:
+        # the waker, not the woken worker, takes it off the idle count: until it runs, the
+        # worker must not be counted idle, or the feeder would not grow an adaptive pool
+        self._idle_workers -= len(self._work.unpark())
+
+    def _admitted_done(self, count: int) -> None:
+        self._pending -= count
+        if self._space and self._pending <= self._wake_below:
+            self._space.unpark()
+
+    async def _worker(self, task_status: _Status) -> None:
+        try:
+            if self.resource is None:
+                await self._work_loop(None, [None])
+                return
+            current: list[tuple[int, Any, Any] | None] = [None]
+            ready = False
+            while True:
+                try:
+                    ready = await self._serve_with_resource(current, ready)
+                except Exception as exc:
+                    delay = self._restart_delay(exc)
+                    if delay is None:
+                        raise
+                    if current[0] is not None:
+                        # the failed item is retried on the fresh resource (at-least-once)
+                        self._queue.appendleft(current[0])
+                        current[0] = None
+                    await trio.sleep(delay)
+                else:
+                    return
+        finally:
+            self.workers -= 1
+
+    def _restart_delay(self, exc: Exception) -> float | None:
+        """Supervision: how long to wait before restarting after ``exc``, or None to fail.
+        Errors that came from downstream (through ``emit``) are never restarted."""
+        if self.supervisor is None or getattr(exc, "trioflow_stage", None) != self.name:
+            return None
+        return self.supervisor.on_failure(trio.current_time())
+
+    @property
+    def restarts(self) -> int:
+        return 0 if self.supervisor is None else self.supervisor.restarts
+
+    async def _serve_with_resource(
+        self, current: list[tuple[int, Any, Any] | None], ready: bool
+    ) -> bool:
+        assert self.resource is not None
+        try:
+            cm = self.resource()
+            res = await cm.__aenter__()
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)
+            exc.add_note(f"trioflow: while building the resource of a worker of {self.name!r}")
+            raise
+        try:
+            if not ready:
+                ready = True
+                self._ready += 1
+                if self._ready == self.min_workers:
+                    self._all_ready.set()
+            await self._work_loop(res, current)
+        except BaseException as exc:
+            # resources are closed on every exit path, shielded so cancellation cannot
+            # interrupt the close, and bounded so a close that hangs cannot hang the
+            # run; the original error is what propagates, and an error of the close
+            # itself is recorded beside it (never silently replaces it)
+            await self._close_resource(cm, exc)
+            raise
+        else:
+            runner = self._seg.runner if self._seg is not None else None
+            if runner is not None and runner.errors:
+                # the input ended cleanly, but the run has failed meanwhile: close as on
+                # an error, so a resource that commits on a clean exit does not
+                await self._close_resource(cm, RunAborted(
+                    f"closing a worker of {self.name!r}: the run failed elsewhere"))
+            else:
+                with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                    await cm.__aexit__(None, None, None)
+        return ready
+
+    async def _close_resource(self, cm: Any, exc: BaseException) -> None:
+        try:
+            with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                await cm.__aexit__(type(exc), exc, exc.__traceback__)
+        except Exception as close_exc:
+            if close_exc is exc:
+                return
+            annotate(close_exc, self.name, has_item=False)
+            close_exc.add_note("trioflow: raised while closing a worker's resource after an error")
+            if self._seg is not None:
+                self._seg.runner.fail(close_exc)
+
+    async def _work_loop(self, res: Any, current: list[tuple[int, Any, Any] | None]) -> None:
+        queue = self._queue
+        fn = self.fn
+        with_resource = self.resource is not None
+        keyed = self.key_fn is not None
+        while True:
+            if not queue:
+                if self._closed:
+                    return
+                self._idle_workers += 1
+                woken = False
+                try:
+                    with trio.move_on_after(self.idle) as cs:  # idle is inf unless adaptive
+                        await self._work.park()
+                    woken = not cs.cancelled_caught
+                finally:
+                    if not woken:
+                        self._idle_workers -= 1
+                if not woken and not queue and self.workers > self.min_workers:
+                    return  # idle for `idle` seconds: shrink
+                continue
+            job = queue.popleft()
+            seq, item, k = job
+            current[0] = job
+            self.in_flight += 1
+            try:
+                r = await (fn(res, item) if with_resource else fn(item))
+            except Exception as exc:
+                if not await self.recover(exc, item):
+                    raise
+                # its place in the order is handed on, empty (in a branch: a tombstone)
+                r = (item[0], DROPPED) if self.envelope else _SKIPPED
+            finally:
+                self.in_flight -= 1
+            current[0] = None
+            if keyed:
+                self._release_key(k)
+                if not self.ordered and self.per_key > 1:
+                    await self._deposit_keyed(seq, k, r)
+                    continue
+            await self._deposit(seq, r)
+
+    async def _one(self, seq: int, item: Any, task_status: _Status) -> None:
+        assert self.factory is not None
+        self.in_flight += 1
+        try:
+            try:
+                instance = self.factory()
+                if hasattr(instance, "__aenter__"):
+                    async with instance as entered:
+                        r = await self._instance_call(entered, item)
+                else:
+                    r = await self._instance_call(instance, item)
+            except Exception as exc:
+                if not await self.recover(exc, item):
+                    raise
+                r = (item[0], DROPPED) if self.envelope else _SKIPPED
+        finally:
+            self.in_flight -= 1
+            self._running -= 1
+            if self._space:
+                self._space.unpark()
+        await self._deposit(seq, r)
+
+    async def _deposit(self, seq: int, result: Any) -> None:
+        seg = self._seg
+        assert seg is not None
+        if not self.ordered:
+            if result is _SKIPPED:
+                self._admitted_done(1)
+                return
+            self.n_out += 1
+            try:
+                await seg.emit([result])
+            finally:
+                self._admitted_done(1)
+            return
+        results = self._results
+        results[seq] = result
+        self.waiting = len(results)
+        if self._emitting:
+            return
+        self._emitting = True
+        try:
+            while self._next in results:
+                batch = []
+                nxt = self._next
+                while nxt in results:
+                    batch.append(results.pop(nxt))
+                    nxt += 1
+                count = nxt - self._next
+                self._next = nxt
+                self.waiting = len(results)
+                batch = [r for r in batch if r is not _SKIPPED]
+                self.n_out += len(batch)
+                # the batch counts against the window until it is handed on: while the next
+                # edge is full, results behind it must not pile up past ``window - 1``
+                if batch:
+                    await seg.emit(batch)
+                self._admitted_done(count)
+        finally:
+            self._emitting = False
+
+    async def _deposit_keyed(self, seq: int, k: Any, result: Any) -> None:
+        """Unordered with ``per_key > 1``: hand results on in input order within each key."""
+        seg = self._seg
+        assert seg is not None
+        kseq = self._item_kseq.pop(seq)
+        results = self._key_results.setdefault(k, {})
+        results[kseq] = result
+        self.waiting += 1
+        nxt = self._key_next.get(k, 0)
+        if kseq != nxt:
+            return  # an earlier item of this key is still running; it will hand this on
+        batch = []
+        while nxt in results:
+            batch.append(results.pop(nxt))
+            nxt += 1
+        self._key_next[k] = nxt
+        if not results:
+            del self._key_results[k]
+        if nxt == self._key_seq.get(k):  # every admitted item of the key is handed on
+            del self._key_next[k], self._key_seq[k]
+        self.waiting -= len(batch)
+        count = len(batch)
+        batch = [r for r in batch if r is not _SKIPPED]
+        self.n_out += len(batch)
+        try:
+            if batch:
+                await seg.emit(batch)
+        finally:
+            self._admitted_done(count)
+
+
+async def _call_any(target: Any, item: Any) -> Any:
+    result = target(item)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+

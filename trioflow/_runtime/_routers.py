@@ -1,0 +1,164 @@
+"""Fan-out routers: the output of a segment that ends in ``broadcast``, ``balance`` or
+``route``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import trio
+
+from .._edge import DownstreamClosed, Edge
+from .._errors import UnroutableError, annotate
+from .._plan import DEFAULT, PlanNode, RoutePort
+from .._stage import (
+    BalanceSpec,
+    BroadcastSpec,
+    RouteSpec,
+)
+
+
+class Router:
+    """The output of a segment that ends in a fan-out junction: decides, per chunk, which
+    edges get which items. Shares ``put``/``close_send`` with ``Edge``."""
+
+    def __init__(self, node: PlanNode, edges: list[Edge]) -> None:
+        self.node = node
+        self.edges = edges
+        self.live = list(edges)
+        self.n_in = 0
+        self.n_out = 0
+        self.errors = 0
+
+    async def put(self, chunk: list[Any]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close_send(self) -> None:
+        for edge in self.edges:
+            edge.close_send()
+
+    def _dead(self, edge: Edge) -> None:
+        if edge in self.live:
+            self.live.remove(edge)
+        if not self.live:
+            raise DownstreamClosed
+
+
+class BroadcastRouter(Router):
+    """Every item to every live branch, each through its own bounded edge: the slowest
+    branch sets the pace; a branch that stopped (``take``) is skipped from then on."""
+
+    async def put(self, chunk: list[Any]) -> None:
+        self.n_in += len(chunk)
+        live = list(self.live)
+        last = len(live) - 1
+        for i, edge in enumerate(live):
+            try:
+                # every put gets a list of its own (the last the original): consumers may
+                # extend chunks in place, and one edge may be fed twice (merge(fan, fan))
+                await edge.put(chunk if i == last else list(chunk))
+                self.n_out += len(chunk)
+            except DownstreamClosed:
+                self._dead(edge)
+
+
+class BalanceRouter(Router):
+    """Each item to one branch: the chunk goes to the branches with the most room first,
+    split to fit; when every branch is full it waits for the first one to drain."""
+
+    def __init__(self, node: PlanNode, edges: list[Edge]) -> None:
+        super().__init__(node, edges)
+        self._space = trio.lowlevel.ParkingLot()
+        for edge in edges:
+            edge.watchers.append(self._space)
+
+    async def put(self, chunk: list[Any]) -> None:
+        self.n_in += len(chunk)
+        while chunk:
+            for edge in list(self.live):
+                if edge.receive_closed:
+                    self._dead(edge)
+            best = max(self.live, key=_room)
+            room = _room(best)
+            if room <= 0 and best.items:
+                await self._space.park()
+                continue
+            part, chunk = (chunk, []) if room >= len(chunk) else (chunk[:room], chunk[room:])
+            try:
+                await best.put(part)
+                self.n_out += len(part)
+            except DownstreamClosed:
+                chunk = part + chunk
+                self._dead(best)
+
+
+class RouteRouter(Router):
+    """Each item to the branch named by ``key(item)``; unmatched keys go to the default
+    branch, or fail the run with ``UnroutableError`` when there is none. Items for a branch
+    that stopped are dropped."""
+
+    def __init__(self, node: PlanNode, edges: list[Edge], ports: tuple[Any, ...]) -> None:
+        super().__init__(node, edges)
+        spec = node.spec
+        assert isinstance(spec, RouteSpec)
+        self.key = spec.key
+        self.by_key: dict[Any, Edge] = {}
+        self.default: Edge | None = None
+        for port, edge in zip(ports, edges, strict=True):
+            if port is DEFAULT:
+                self.default = edge
+            else:
+                assert isinstance(port, RoutePort)
+                self.by_key[port.key] = edge
+
+    def _unroutable(self, key: object) -> NoReturn:
+        raise UnroutableError(
+            f"route {self.node.name!r}: no branch for key {key!r} and no default branch"
+        )
+
+    async def put(self, chunk: list[Any]) -> None:
+        self.n_in += len(chunk)
+        parts: dict[int, tuple[Edge, list[Any]]] = {}
+        key = self.key
+        by_key = self.by_key
+        item = None
+        try:
+            for item in chunk:
+                edge = by_key.get(key(item), self.default)
+                if edge is None:
+                    self._unroutable(key(item))
+                slot = parts.get(id(edge))
+                if slot is None:
+                    parts[id(edge)] = (edge, [item])
+                else:
+                    slot[1].append(item)
+        except Exception as exc:
+            self.errors += 1
+            annotate(exc, self.node.name, item)
+            raise
+        for edge, items in parts.values():
+            if edge.receive_closed:
+                self._dead(edge)
+                continue
+            try:
+                await edge.put(items)
+                self.n_out += len(items)
+            except DownstreamClosed:
+                self._dead(edge)
+
+
+def _room(edge: Edge) -> int:
+    return (edge.capacity if edge.capacity is not None else 1 << 62) - edge.items
+
+
+def _make_router(node: PlanNode, edges: list[Edge], ports: tuple[Any, ...]) -> Router:
+    spec = node.spec
+    if isinstance(spec, BroadcastSpec):
+        return BroadcastRouter(node, edges)
+    if isinstance(spec, BalanceSpec):
+        return BalanceRouter(node, edges)
+    assert isinstance(spec, RouteSpec)
+    return RouteRouter(node, edges, ports)
+
+
+

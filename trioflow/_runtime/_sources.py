@@ -1,0 +1,264 @@
+"""Source heads: iterables, async iterables, channels, ticks, and user sources that push
+through ``Emit``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Generic, TypeVar, final
+
+import trio
+from trio.lowlevel import checkpoint
+
+from .._plan import PlanNode
+from .._policies import Supervisor
+from .._stage import (
+    AsyncIterableSource,
+    ChannelSource,
+    IterableSource,
+    PeriodicSource,
+    TaskSource,
+)
+from ._segment import Head, Segment, _bounded_shielded, _Status
+
+T = TypeVar("T")
+
+
+class ChunkSizer:
+    """Adapts how many items a source takes per chunk to the cost of processing them.
+
+    Fused stages run a whole chunk between two checkpoints. Big chunks amortise the
+    per-chunk cost (a checkpoint is about 4 µs); but a chunk of expensive items would hold
+    the Trio thread too long. So the size starts small (low latency for the first items),
+    doubles while a chunk takes under half of ``BUDGET`` and halves when one takes more,
+    within ``1 .. maximum``. The time is CPU time spent in the chunk (``perf_counter``
+    around synchronous work and non-blocking hand-off), not Trio's clock.
+    """
+
+    BUDGET = 0.001
+    __slots__ = ("maximum", "size")
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.size = min(16, maximum)
+
+    def took(self, seconds: float) -> None:
+        if seconds < self.BUDGET / 2:
+            if self.size < self.maximum:
+                self.size = min(self.size * 2, self.maximum)
+        elif seconds > self.BUDGET and self.size > 1:
+            self.size //= 2
+
+
+class IterableHead(Head):
+    def __init__(self, node: PlanNode, spec: IterableSource[Any]) -> None:
+        super().__init__(node)
+        self.iterable = spec.iterable
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        sizer = ChunkSizer(seg.chunk_size)
+        islice = itertools.islice
+        emit = seg.emit
+        clock = time.perf_counter
+        try:
+            it = iter(self.iterable)
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)
+            raise
+        while not seg.draining:
+            started = clock()
+            try:
+                chunk = list(islice(it, sizer.size))
+            except Exception as exc:
+                self.failed(exc, None, has_item=False)
+                raise
+            if not chunk:
+                return
+            self.n_out += len(chunk)
+            await emit(chunk)
+            sizer.took(clock() - started)
+            await checkpoint()
+
+
+class AsyncIterableHead(Head):
+    def __init__(self, node: PlanNode, spec: AsyncIterableSource[Any]) -> None:
+        super().__init__(node)
+        self.iterable = spec.iterable
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        try:
+            it = aiter(self.iterable)
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)
+            raise
+        try:
+            emit = seg.emit
+            n = 0
+            while True:
+                try:
+                    with seg.drain_point() as cs:
+                        item = await anext(it)
+                    if cs.cancelled_caught:
+                        return
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    self.failed(exc, None, has_item=False)
+                    raise
+                self.n_out += 1
+                await emit([item])
+                n += 1
+                if n >= seg.chunk_size:  # an iterator that never blocks still checkpoints
+                    n = 0
+                    await checkpoint()
+        finally:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await _bounded_shielded(aclose)
+
+    async def release(self) -> None:
+        aclose = getattr(self.iterable, "aclose", None)  # an iterator that is its own aiter
+        if aclose is not None:
+            await _bounded_shielded(aclose)
+
+
+class ChannelHead(Head):
+    def __init__(self, node: PlanNode, spec: ChannelSource[Any]) -> None:
+        super().__init__(node)
+        self.channel = spec.channel
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        channel = self.channel
+        nowait = getattr(channel, "receive_nowait", None)
+        try:
+            while True:
+                try:
+                    with seg.drain_point() as cs:
+                        first = await channel.receive()
+                    if cs.cancelled_caught:
+                        return
+                except trio.EndOfChannel:
+                    return
+                chunk = [first]
+                if nowait is not None:
+                    try:
+                        while len(chunk) < seg.chunk_size:
+                            chunk.append(nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        pass
+                self.n_out += len(chunk)
+                await seg.emit(chunk)
+        finally:
+            await self.release()
+
+    async def release(self) -> None:
+        # the run owns the channel: closing it tells the producer nobody listens any more
+        close = getattr(self.channel, "close", None)
+        if close is not None:
+            close()
+        else:
+            await _bounded_shielded(self.channel.aclose)
+
+
+class PeriodicHead(Head):
+    def __init__(self, node: PlanNode, spec: PeriodicSource) -> None:
+        super().__init__(node)
+        self.interval = spec.interval
+        self.count = spec.count
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        status.started()
+        interval = self.interval
+        start = trio.current_time()
+        k = 0
+        ticks = itertools.count() if self.count is None else range(self.count)
+        for tick in ticks:
+            target = start + k * interval
+            now = trio.current_time()
+            if now > target + interval:
+                # backpressure held us past a whole tick: restart timing, never burst
+                start, k, target = now, 0, now
+            with seg.drain_point() as cs:
+                await trio.sleep_until(target)
+            if cs.cancelled_caught:
+                return
+            self.n_out += 1
+            await seg.emit([tick])
+            k += 1
+
+
+@final
+class Emit(Generic[T]):
+    """Hands items from user code (``trioflow.source``, ``trioflow.continuous``) to the
+    rest of the pipeline.
+
+    ``await emit(item)`` and ``await emit.many(items)`` return as soon as the items are
+    queued; they wait only while the next edge is full (backpressure). When the pipeline
+    downstream has stopped (``take`` was satisfied, the consumer left), the call raises
+    ``trio.Cancelled``: the caller unwinds as on any cancellation.
+    """
+
+    __slots__ = ("_head", "_n", "_seg")
+
+    def __init__(self, seg: Segment, head: Head) -> None:
+        self._seg = seg
+        self._head = head
+        self._n = 0
+
+    async def __call__(self, item: T) -> None:
+        self._head.n_out += 1
+        await self._seg.emit([item])
+        self._n += 1
+        if self._n >= self._seg.chunk_size or self._seg.draining:
+            # a producer that never blocks still checkpoints; a draining one stops here
+            self._n = 0
+            await checkpoint()
+
+    async def many(self, items: list[T] | tuple[T, ...]) -> None:
+        """Emit several items together (one edge operation for all of them)."""
+        chunk = list(items)
+        if chunk:
+            self._head.n_out += len(chunk)
+            await self._seg.emit(chunk)
+        await checkpoint()
+
+
+class TaskSourceHead(Head):
+    def __init__(self, node: PlanNode, spec: TaskSource[Any]) -> None:
+        super().__init__(node)
+        self.fn = spec.fn
+        self.wants_status = spec.wants_status
+        self.supervisor = Supervisor(spec.restart) if spec.restart is not None else None
+
+    async def run(self, seg: Segment, status: _Status) -> None:
+        emit: Emit[Any] = Emit(seg, self)
+        try:
+            # a drain cancels the user's source as a whole; its emits still land, because
+            # the drain first lets the output edge take them without waiting
+            with seg.drain_point():
+                while True:
+                    try:
+                        if self.wants_status:
+                            await self.fn(emit, task_status=status)
+                        else:
+                            status.started()
+                            await self.fn(emit)
+                    except Exception as exc:
+                        if self.supervisor is None or getattr(exc, "_trioflow_annotated", False):
+                            raise  # (an annotated error came from downstream, via emit)
+                        delay = self.supervisor.on_failure(trio.current_time())
+                        if delay is None:
+                            raise
+                        self.errors += 1
+                        await trio.sleep(delay)
+                    else:
+                        return
+        except Exception as exc:
+            self.failed(exc, None, has_item=False)
+            raise
+
+
