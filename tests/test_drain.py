@@ -36,8 +36,12 @@ def test_drain_under_load_loses_nothing(
             yield i
 
     async def produce(emit: tf.Emit[int]) -> None:
+        # a push source: it is not cancelled by a drain, it stops on its own
         for i in itertools.count():
-            await trio.sleep(0.1)
+            with emit.cancel_on_drain():
+                await trio.sleep(0.1)
+            if emit.draining:
+                return
             handed.append(i)
             await emit(i)
 
@@ -104,6 +108,8 @@ async def test_drain_lands_an_emit_that_was_waiting_for_room(autojump_clock: tri
 
     async def produce(emit: tf.Emit[int]) -> None:
         for i in range(100):
+            if emit.draining:
+                return
             emitted.append(i)
             await emit(i)  # parks once the edge (buffer 2) is full
 

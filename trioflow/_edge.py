@@ -85,7 +85,6 @@ class Edge:
         "items",
         "name",
         "on_receive_closed",
-        "overfill",
         "overflow",
         "peak",
         "receive_closed",
@@ -119,9 +118,6 @@ class Edge:
         self.receive_closed = False
         self._not_empty = ParkingLot()
         self._not_full = ParkingLot()
-        #: set while a source drains: its puts never wait (at most one chunk over capacity
-        #: per producer), so a put under way when the drain starts still lands
-        self.overfill = False
         #: called (synchronously) when the consumer closes: lets an idle producer, one
         #: waiting for its own input rather than in ``put``, learn it is no longer wanted
         self.on_receive_closed: list[Callable[[], None]] = []
@@ -147,7 +143,7 @@ class Edge:
             if self.receive_closed:
                 raise DownstreamClosed
             items = self.items
-            if items == 0 or items + len(chunk) <= self._limit or self.overfill:
+            if items == 0 or items + len(chunk) <= self._limit:
                 break
             await self._not_full.park()
         n = len(chunk)
@@ -243,11 +239,6 @@ class Edge:
                 await cancel_shielded_checkpoint()
                 return None
             await self._not_empty.park()
-
-    def allow_overfill(self) -> None:
-        """Let every pending and future ``put`` through at once (used by ``drain``)."""
-        self.overfill = True
-        self._not_full.unpark_all()
 
     def close_send(self) -> None:
         """One producer is done. When all are, the consumer sees the end after draining."""

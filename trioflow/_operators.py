@@ -139,7 +139,10 @@ def source(
     * backpressure: ``emit`` waits while the next edge is full;
     * completes: when ``fn`` returns;
     * cancelled: by the run, or when downstream stops: ``emit`` then raises
-      ``trio.Cancelled`` so ``fn`` unwinds as on any cancellation;
+      ``trio.Cancelled`` so ``fn`` unwinds as on any cancellation. A drain does not
+      cancel ``fn``: it reads ``emit.draining`` (or waits for input under ``with
+      emit.cancel_on_drain():``), stops taking input, emits what it holds and returns;
+      only at the drain's deadline is it cancelled, and the run then ends ``CANCELLED``;
     * on error: an exception from ``fn`` fails the run; with ``restart=Restart(...)``
       ``fn`` is called again (with backoff, within the restart budget) and goes on
       emitting into the same pipeline.

@@ -227,6 +227,7 @@ class Guard:
             self.dead_lettered += 1
             return
         if isinstance(policy, DeadLetter) and not policy.needs_task:
+            annotate(exc, self.stage, item)  # every error a run reports names its stage
             entry = self._entry(exc, item)
             target = policy.target
             if isinstance(target, list):
@@ -245,6 +246,7 @@ class Guard:
         """``handle``, able to wait for a dead-letter channel (backpressure)."""
         policy = self.on_error
         if isinstance(policy, DeadLetter) and policy.needs_task:
+            annotate(exc, self.stage, item)
             await policy.target.send(self._entry(exc, item))
             self.dead_lettered += 1
             return

@@ -32,21 +32,39 @@ async def run_until_signal(
     """
     if not (drain_timeout > 0 or math.isinf(drain_timeout)):
         raise ValueError(f"drain_timeout must be > 0, got {drain_timeout!r}")
+    failure: list[Exception] = []
+
+    async def run(*, task_status: trio.TaskStatus[RunHandle[Any]]) -> None:
+        try:
+            await runnable.run(task_status=task_status)
+        except Exception as exc:  # the run's own group: raised below as it is, not wrapped
+            failure.append(exc)
+
+    handle: RunHandle[Any] | None = None
     with trio.open_signal_receiver(*signals) as received:
         async with trio.open_nursery() as nursery:
-            handle: RunHandle[Any] = await nursery.start(runnable.run)
+            try:
+                handle = await nursery.start(run)
+            except RuntimeError:
+                if not failure:
+                    raise  # (the run failed while starting: raised below)
+            if handle is not None:
+                running = handle
 
-            async def watch() -> None:
-                count = 0
-                async for _ in received:
-                    count += 1
-                    if count == 1:
-                        nursery.start_soon(handle.drain, drain_timeout)
-                    else:
-                        handle.cancel()
-                        return
+                async def watch() -> None:
+                    count = 0
+                    async for _ in received:
+                        count += 1
+                        if count == 1:
+                            nursery.start_soon(running.drain, drain_timeout)
+                        else:
+                            running.cancel()
+                            return
 
-            nursery.start_soon(watch)
-            await handle.wait()
+                nursery.start_soon(watch)
+                await handle.wait()
             nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    assert handle is not None
     return handle

@@ -56,6 +56,18 @@ def _sole_cancelled(exc: BaseException) -> trio.Cancelled | None:
     return leaf
 
 
+def _interrupt(exc: BaseException) -> KeyboardInterrupt | SystemExit | None:
+    """The first ``KeyboardInterrupt``/``SystemExit`` in ``exc`` (at any depth), or None."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _interrupt(inner)
+            if found is not None:
+                return found
+    return None
+
+
 @final
 class Runner:
     """The live state of one run. Built by ``Flow.run``/``Pipeline.run``/``Flow.open``."""
@@ -193,6 +205,13 @@ class Runner:
                 # trio wraps the tasks' Cancelled in (nested) nursery groups; an outside
                 # cancellation is documented to propagate as one plain trio.Cancelled
                 raise cancelled from None
+            interrupt = _interrupt(exc)
+            if interrupt is not None:
+                # Ctrl-C (or sys.exit) leaves a run bare, like Cancelled: `except
+                # KeyboardInterrupt` must catch it. Errors the run recorded go with it as notes.
+                for err in self.errors:
+                    interrupt.add_note(f"trioflow: the interrupted run had failed too: {err!r}")
+                raise interrupt from None
             raise
         else:
             if self.errors:
@@ -216,7 +235,9 @@ class Runner:
             errors = [*self.errors, extra] if extra is not None else list(self.errors)
             errors += [e.exception for e in self.collected if isinstance(e.exception, Exception)]
             raise ExceptionGroup(f"trioflow run failed with {len(errors)} error(s)", errors)
-        if self.collected:
+        if self.collected and not self._cancel_requested:
+            # (a run cancelled through its handle returns quietly: the failures it had
+            # collected stay readable through ``handle.failures()``)
             leaves = [e.exception for e in self.collected if isinstance(e.exception, Exception)]
             if extra is not None:
                 leaves.append(extra)

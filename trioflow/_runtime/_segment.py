@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import aclosing
 from typing import Any, Protocol, final
 
 import trio
@@ -123,16 +124,42 @@ async def _bounded_shielded(fn: Callable[[], Awaitable[object]]) -> None:
 
 
 def _policy_call(spec: Any, fn: Callable[..., Any], guard: Guard | None) -> Callable[..., Any]:
-    """``fn`` as an async callable, under the stage's retry and timeout. Async generators
-    are returned as they are (they are iterated, not awaited)."""
+    """``fn`` as an async callable, under the stage's retry and timeout.
+
+    A generator function (``flat_map``) is returned as it is when no retry or timeout
+    applies: the head iterates it and hands each output on as it comes. Under a retry or a
+    timeout, an attempt is one whole iteration: the outputs are collected into a list and
+    handed on only when the generator finished, so a retried attempt starts the generator
+    again and the outputs of a failed attempt are never emitted (nor emitted twice)."""
     kind = getattr(spec, "kind", CallKind.ASYNC)
-    if kind is CallKind.ASYNC_GEN:
-        return fn
     retry, timeout = getattr(spec, "retry", None), getattr(spec, "timeout", None)
-    if kind is CallKind.ASYNC and retry is None and timeout is None:
+    if retry is None and timeout is None and kind in (CallKind.ASYNC, CallKind.ASYNC_GEN):
         return fn
-    return with_retry_and_timeout(fn, kind is CallKind.ASYNC, retry, timeout,
+    is_async = kind in (CallKind.ASYNC, CallKind.ASYNC_GEN)
+    if kind is CallKind.ASYNC_GEN:
+        agen_fn = fn
+
+        async def collect_async(*args: Any) -> list[Any]:
+            async with aclosing(agen_fn(*args)) as agen:
+                return [out async for out in agen]
+
+        fn = collect_async
+    elif kind is CallKind.SYNC_GEN:
+        gen_fn = fn
+
+        def collect(*args: Any) -> list[Any]:
+            return list(gen_fn(*args))
+
+        fn = collect
+    return with_retry_and_timeout(fn, is_async, retry, timeout,
                                   guard or Guard(spec.name or spec.operator, Fail()))
+
+
+def streams_outputs(spec: Any) -> bool:
+    """Whether ``_policy_call`` left an async generator function to be iterated (no retry,
+    no timeout), rather than an async function returning the outputs as a list."""
+    return (getattr(spec, "kind", None) is CallKind.ASYNC_GEN
+            and getattr(spec, "retry", None) is None and getattr(spec, "timeout", None) is None)
 
 
 class _Skipped:
@@ -215,14 +242,13 @@ class Segment:
             self._drain_scopes.discard(cs)
 
     def request_drain(self) -> None:
-        """Stop this source: it produces nothing more, its fused ops are flushed and its
-        output ends cleanly. A put under way still lands (the edge may take one chunk over
-        capacity), then the waits of the source are cancelled."""
+        """Stop this source at its next clean point: its waits for input under
+        ``drain_point`` are cancelled (pull sources then return, and their fused ops are
+        flushed), and a push source sees ``Emit.draining``. Puts are never cancelled by a
+        drain, so nothing a source handed over, or a junction accepted, is lost."""
         if self.draining:
             return
         self.draining = True
-        for edge in self.out_edges:
-            edge.allow_overfill()
         for cs in list(self._drain_scopes):
             cs.cancel()
 

@@ -4,6 +4,7 @@ through ``Emit``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from typing import Any, Generic, TypeVar, final
@@ -200,6 +201,14 @@ class Emit(Generic[T]):
     queued; they wait only while the next edge is full (backpressure). When the pipeline
     downstream has stopped (``take`` was satisfied, the consumer left), the call raises
     ``trio.Cancelled``: the caller unwinds as on any cancellation.
+
+    Drain (``handle.drain``, the first Ctrl-C of ``run_until_signal``) does not cancel a
+    source that pushes through ``emit``: the source is told, and finishes on its own. It
+    reads ``emit.draining``, or waits for input under ``with emit.cancel_on_drain():`` (the
+    wait is cancelled when a drain begins), or ``await emit.wait_drain()``; it then stops
+    taking new input, emits what it holds (``emit`` keeps working) and returns. Only when
+    the drain's deadline passes is the run cancelled, source and all, and then the run
+    ends ``CANCELLED``, never as a clean completion.
     """
 
     __slots__ = ("_head", "_n", "_seg")
@@ -213,8 +222,8 @@ class Emit(Generic[T]):
         self._head.n_out += 1
         await self._seg.emit([item])
         self._n += 1
-        if self._n >= self._seg.chunk_size or self._seg.draining:
-            # a producer that never blocks still checkpoints; a draining one stops here
+        if self._n >= self._seg.chunk_size:
+            # a producer that never blocks still checkpoints
             self._n = 0
             await checkpoint()
 
@@ -225,6 +234,22 @@ class Emit(Generic[T]):
             self._head.n_out += len(chunk)
             await self._seg.emit(chunk)
         await checkpoint()
+
+    @property
+    def draining(self) -> bool:
+        """True once a drain of the run began: take no new input, emit what you hold, return."""
+        return self._seg.draining
+
+    def cancel_on_drain(self) -> contextlib.AbstractContextManager[trio.CancelScope]:
+        """A cancel scope that is cancelled when a drain begins (at once if one has):
+        wrap the waits for new input in it (``accept``, ``receive_some``), never the
+        emits. ``scope.cancelled_caught`` tells whether the drain ended the block."""
+        return self._seg.drain_point()
+
+    async def wait_drain(self) -> None:
+        """Wait until a drain of the run begins (returns at once if one has)."""
+        with self._seg.drain_point():
+            await trio.sleep_forever()
 
 
 class TaskSourceHead(Head):
@@ -237,28 +262,25 @@ class TaskSourceHead(Head):
     async def run(self, seg: Segment, status: _Status) -> None:
         emit: Emit[Any] = Emit(seg, self)
         try:
-            # a drain cancels the user's source as a whole; its emits still land, because
-            # the drain first lets the output edge take them without waiting
-            with seg.drain_point():
-                while True:
-                    try:
-                        if self.wants_status:
-                            await self.fn(emit, task_status=status)
-                        else:
-                            status.started()
-                            await self.fn(emit)
-                    except Exception as exc:
-                        if self.supervisor is None or getattr(exc, "_trioflow_annotated", False):
-                            raise  # (an annotated error came from downstream, via emit)
-                        delay = self.supervisor.on_failure(trio.current_time())
-                        if delay is None:
-                            raise
-                        self.errors += 1
-                        await trio.sleep(delay)
+            # a drain does not cancel the user's source: it learns of the drain through
+            # ``emit`` and returns on its own (see ``Emit``), so what it holds is not lost
+            while True:
+                try:
+                    if self.wants_status:
+                        await self.fn(emit, task_status=status)
                     else:
-                        return
+                        status.started()
+                        await self.fn(emit)
+                except Exception as exc:
+                    if self.supervisor is None or getattr(exc, "_trioflow_annotated", False):
+                        raise  # (an annotated error came from downstream, via emit)
+                    delay = self.supervisor.on_failure(trio.current_time())
+                    if delay is None:
+                        raise
+                    self.errors += 1
+                    await trio.sleep(delay)
+                else:
+                    return
         except Exception as exc:
             self.failed(exc, None, has_item=False)
             raise
-
-

@@ -13,7 +13,6 @@ from typing import Any
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
-from .._callables import CallKind
 from .._ops import (
     Batcher,
 )
@@ -31,7 +30,7 @@ from .._stage import (
     TakeWhileStage,
     TapStage,
 )
-from ._segment import Head, Segment, _policy_call, _Status
+from ._segment import Head, Segment, _policy_call, _Status, streams_outputs
 from ._sources import Emit
 
 
@@ -134,7 +133,7 @@ class AsyncEachHead(Head):
                 self.acc = await fn(self.acc, item)
                 self.n_out += 1
                 await emit([self.acc])
-        elif isinstance(spec, FlatMapStage) and spec.kind is CallKind.ASYNC_GEN and self.guard:
+        elif isinstance(spec, FlatMapStage) and streams_outputs(spec) and self.guard:
             async def step(item: Any) -> None:
                 # under an error policy the outputs are collected first, so an item that
                 # fails half-way is skipped whole, never emitted in part
@@ -143,13 +142,14 @@ class AsyncEachHead(Head):
                 if outs:
                     self.n_out += len(outs)
                     await emit(outs)
-        elif isinstance(spec, FlatMapStage) and spec.kind is CallKind.ASYNC_GEN:
+        elif isinstance(spec, FlatMapStage) and streams_outputs(spec):
             async def step(item: Any) -> None:
                 async with aclosing(fn(item)) as agen:
                     async for out in agen:
                         self.n_out += 1
                         await emit([out])
         elif isinstance(spec, FlatMapStage):
+            # a function returning an iterable, or a generator collected per attempt
             async def step(item: Any) -> None:
                 outs = list(await fn(item))
                 if outs:
