@@ -6,11 +6,13 @@ inside its upstream neighbour's task (no channel hop); see ``docs/design.md``.
 
 Every operator that runs user code per item (map, filter, flat_map, tap, take_while,
 scan, persistent, on_demand, sink, reduce) also takes the error policies, as data:
-``on_error=Fail()`` (default: fail fast) / ``Skip()`` / ``DeadLetter(target)``,
-``retry=Retry(attempts, backoff=Backoff(...), on=...)`` and ``timeout=`` seconds per call
-(async functions). "On error" in each docstring describes the default; with ``Skip`` or
-``DeadLetter`` a failed item is dropped (counted, or sent to the target) and the stage goes
-on. A stage with a retry, a timeout or a channel dead-letter target is not fused.
+``on_error=Fail()`` (default: fail fast) / ``Skip()`` / ``DeadLetter(target)`` /
+``Collect()``, ``retry=Retry(attempts, backoff=Backoff(...), on=...)`` and ``timeout=``
+seconds per call (async functions, or any function on a worker backend). "On error" in
+each docstring describes the default; with ``Skip``, ``DeadLetter`` or ``Collect`` a failed
+item is dropped (counted, sent to the target, or recorded for the run's report) and the
+stage goes on. A stage with a retry, a timeout or a channel dead-letter target is not
+fused.
 
 ``map``, ``filter``, ``tap``, ``flat_map``, ``take_while``, ``scan``, ``sink`` and ``reduce``
 also take ``backend=`` (``Threads``,
@@ -225,13 +227,16 @@ def map(
     ``per_key`` at once) and are handed on in their input order, also with
     ``ordered=False``; an item waiting for its key's turn counts against the window.
 
-    ``backend=Threads(...)`` or ``backend=Processes(...)`` runs a plain ``fn`` off the Trio
-    thread, ``chunk`` items per backend call, with ``concurrency`` calls in flight (default:
-    the backend's ``limit``); the stage is never fused. Backpressure: no more input is taken
-    while ``concurrency`` calls run, or (ordered) while ``2 * concurrency`` calls are not yet
-    handed on. Error policies apply per item; ``retry``, ``timeout``, ``key``, ``window`` and
-    ``Adaptive`` are not supported with a worker backend yet. Cancellation abandons thread
-    calls (their results are discarded) and kills process jobs; see ``docs/backends.md``.
+    ``backend=Threads(...)``, ``Processes(...)`` or ``Dask(...)`` runs a plain ``fn`` off the
+    Trio thread, ``chunk`` items per backend call, with ``concurrency`` calls in flight
+    (default: the backend's ``limit``); the stage is never fused. Backpressure: no more
+    input is taken while ``concurrency`` calls run, or (ordered) while ``2 * concurrency``
+    calls are not yet handed on. Error policies apply per item; ``retry`` calls the failed
+    items again, and ``timeout`` is per item (each call then carries one item; a call over
+    the limit is abandoned, killed or cancelled, and fails with ``trio.TooSlowError``).
+    ``key``, ``window`` and ``Adaptive`` are not supported with a worker backend yet
+    (refused at definition). Cancellation abandons thread calls (their results are
+    discarded), kills process jobs and cancels Dask futures; see ``docs/backends.md``.
     """
     if concurrency is None:
         concurrency = backend.default_concurrency if isinstance(backend, Backend) else 1

@@ -7,11 +7,15 @@
   (item, exception, formatted traceback, stage, attempt number, wall-clock time); the
   target is a ``list`` (appended), a Trio ``MemorySendChannel`` (sent, with backpressure),
   a plain function (called), or a path (one JSON line per entry).
+* ``Collect()``: the failure is recorded for the run's report (``handle.failures()``) and
+  the stage goes on; when the run has completed, ``run`` raises one ``ExceptionGroup`` of
+  every collected failure.
 * ``Retry(attempts, backoff=Backoff(...), on=...)``: retry the call first, waiting between
   attempts; only when the attempts are used up does the error policy apply.
-* ``timeout=`` (seconds, per call, async functions only): a call that takes longer is
-  cancelled and fails with ``trio.TooSlowError``, which the retry and error policies then
-  treat like any other error.
+* ``timeout=`` (seconds, per call; async functions, or any function on a worker backend,
+  where it is per item): a call that takes longer is cancelled (on a worker backend:
+  abandoned, killed or cancelled there) and fails with ``trio.TooSlowError``, which the
+  retry and error policies then treat like any other error.
 
 The invariant the tests check: every item that entered a stage is emitted, dead-lettered,
 skipped-and-counted or filtered, exactly once.
@@ -40,7 +44,7 @@ logger = logging.getLogger("trioflow")
 
 @attrs.frozen
 class OnError:
-    """Base of the error policies (``Fail``, ``Skip``, ``DeadLetter``)."""
+    """Base of the error policies (``Fail``, ``Skip``, ``DeadLetter``, ``Collect``)."""
 
 
 @final
