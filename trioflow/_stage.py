@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from ._backends import Backend
-from ._callables import CallKind, classify
+from ._callables import CallKind, check_call, classify
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._overflow import Overflow, Unbounded
 from ._policies import FAIL, DeadLetter, Fail, OnError, Restart, Retry, check_policies
@@ -298,6 +298,8 @@ class FnStage(Stage[In, Out]):
 
     allowed_kinds: ClassVar[frozenset[CallKind]] = frozenset({CallKind.SYNC, CallKind.ASYNC})
     runs_user_code: ClassVar[bool] = True
+    #: how the stage calls ``fn`` (checked against its signature at definition)
+    call: ClassVar[str] = "fn(item)"
 
     def __attrs_post_init__(self) -> None:
         kind = classify(self.fn, "fn")
@@ -306,6 +308,7 @@ class FnStage(Stage[In, Out]):
                 f"fn of {self.operator} must be a plain or async function, got a {kind.value} "
                 f"function {self.fn!r}"
             )
+        check_call(self.fn, self.operator, self.call)
         object.__setattr__(self, "kind", kind)
         if self.backend is not None:
             _check_backend(self)
@@ -375,8 +378,10 @@ class MapStage(FnStage[In, Out]):
                 f"concurrency={self.concurrency!r} needs an async fn: a sync fn {self.fn!r} "
                 "would block the Trio thread (use concurrency=1, or an async function)"
             )
-        if self.key is not None and classify(self.key, "key") is not CallKind.SYNC:
-            raise DefinitionTypeError(f"key must be a plain function, got {self.key!r}")
+        if self.key is not None:
+            if classify(self.key, "key") is not CallKind.SYNC:
+                raise DefinitionTypeError(f"key must be a plain function, got {self.key!r}")
+            check_call(self.key, self.operator, "key(item)")
         check_int("per_key", self.per_key, minimum=1)
         if self.per_key > 1 and self.key is None:
             raise DefinitionValueError(f"per_key={self.per_key} needs key=")
@@ -466,6 +471,7 @@ class ScanStage(FnStage[In, Out]):
     initial: Any = None
 
     operator: ClassVar[str] = "scan"
+    call: ClassVar[str] = "fn(acc, item)"
 
 
 @attrs.frozen(kw_only=True)
@@ -539,11 +545,13 @@ class PersistentStage(Stage[In, Out]):
                 f"got {self.fn!r}"
             )
         object.__setattr__(self, "kind", kind)
+        check_call(self.fn, self.operator, "fn(resource, item)")
         if not callable(self.resource):
             raise DefinitionTypeError(
                 f"resource must be a callable returning an async context manager, "
                 f"got {self.resource!r}"
             )
+        check_call(self.resource, self.operator, "resource()")
         top = check_workers("workers", self.workers)
         check_bool("ordered", self.ordered)
         check_window(self.window, top)
@@ -569,6 +577,7 @@ class OnDemandStage(Stage[In, Out]):
         super().__attrs_post_init__()
         if not callable(self.factory):
             raise DefinitionTypeError(f"factory must be callable, got {self.factory!r}")
+        check_call(self.factory, self.operator, "factory()")
         check_int("limit", self.limit, minimum=1)
         check_bool("ordered", self.ordered)
         check_window(self.window, self.limit)
@@ -590,6 +599,7 @@ class ContinuousStage(Stage[In, Out]):
             raise DefinitionTypeError(
                 f"fn of continuous must be an async function (items, emit) -> None, got {self.fn!r}"
             )
+        check_call(self.fn, self.operator, "fn(items, emit)")
 
 
 # -- sinks --------------------------------------------------------------------------------------
@@ -611,6 +621,7 @@ class FnSink(Sink[In, None]):
             raise DefinitionTypeError(
                 f"fn of sink must be a plain or async function, got a {kind.value} function"
             )
+        check_call(self.fn, self.operator, "fn(item)")
         object.__setattr__(self, "kind", kind)
         if self.backend is not None:
             _check_backend(self)
@@ -661,6 +672,7 @@ class ReduceSink(Sink[In, Any]):
         kind = classify(self.fn, "fn")
         if kind not in (CallKind.SYNC, CallKind.ASYNC):
             raise DefinitionTypeError(f"fn of reduce must be a plain or async function, got {kind.value}")
+        check_call(self.fn, self.operator, "fn(acc, item)")
         object.__setattr__(self, "kind", kind)
         if self.backend is not None:
             _check_backend(self)
@@ -746,6 +758,10 @@ class TaskSource(Source[T]):
         from ._callables import accepts_keyword
 
         object.__setattr__(self, "wants_status", accepts_keyword(self.fn, "task_status"))
+        if self.wants_status:
+            check_call(self.fn, self.operator, "fn(emit, task_status=...)", keywords=("task_status",))
+        else:
+            check_call(self.fn, self.operator, "fn(emit)")
         if self.restart is not None and not isinstance(self.restart, Restart):
             raise DefinitionTypeError(f"restart must be a Restart(...) or None, got {self.restart!r}")
 
@@ -820,6 +836,7 @@ class RouteSpec(Junction):
         super().__attrs_post_init__()
         if classify(self.key, "key") is not CallKind.SYNC:
             raise DefinitionTypeError(f"key of route must be a plain function, got {self.key!r}")
+        check_call(self.key, self.operator, "key(item)")
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,180 @@
+"""Mistakes caught when a pipeline is defined, not when it runs (issue 9): signatures that
+cannot take the operator's call, resource instances, options that do nothing, flat_map of
+async iterables, ``pipeline | stage``, one-shot sources run twice, and errors that name
+their stage or node."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+import trioflow as tf
+
+
+async def _af(x: Any) -> Any:
+    return x
+
+
+@asynccontextmanager
+async def _res() -> AsyncIterator[None]:
+    yield None
+
+
+def _raises(kind: type[Exception], build: Callable[[], object], *words: str) -> str:
+    with pytest.raises(kind) as info:
+        build()
+    assert isinstance(info.value, tf.TrioflowError)
+    message = str(info.value)
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
+# ------------------------------------------------------------------------------- signatures
+
+
+def _two(a: Any, b: Any) -> Any:
+    return a
+
+
+def _one(x: Any) -> Any:
+    return x
+
+
+async def _async_two(a: Any, b: Any) -> Any:
+    return a
+
+
+async def _async_one(x: Any) -> Any:
+    return x
+
+
+async def _async_three(r: Any, a: Any, b: Any) -> Any:
+    return a
+
+
+def _needs_keyword(x: Any, *, scale: int) -> Any:
+    return x
+
+
+async def _source_two(emit: Any, other: Any) -> None:
+    pass
+
+
+async def _continuous_one(items: Any) -> None:
+    pass
+
+
+def _factory_one(x: Any) -> Any:
+    return _one
+
+
+#: (operator, how it is built with a function of the wrong signature, the call, the signature)
+BAD_SIGNATURES: list[tuple[str, Callable[[], object], str, str]] = [
+    ("map", lambda: tf.map(_two), "fn(item)", "(a, b)"),
+    ("map", lambda: tf.map(_async_two, concurrency=2), "fn(item)", "(a, b)"),
+    ("map", lambda: tf.map(lambda a, b: a), "fn(item)", "(a, b)"),
+    ("map", lambda: tf.map(_needs_keyword), "fn(item)", "(x, *, scale)"),
+    ("map", lambda: tf.map(_one, key=_two), "key(item)", "(a, b)"),
+    ("filter", lambda: tf.filter(_two), "fn(item)", "(a, b)"),
+    ("tap", lambda: tf.tap(_async_two), "fn(item)", "(a, b)"),
+    ("flat_map", lambda: tf.flat_map(_two), "fn(item)", "(a, b)"),
+    ("take_while", lambda: tf.take_while(_two), "fn(item)", "(a, b)"),
+    ("scan", lambda: tf.scan(lambda x: x, 0), "fn(acc, item)", "(x)"),
+    ("scan", lambda: tf.scan(_async_one, 0), "fn(acc, item)", "(x)"),
+    ("sink", lambda: tf.sink(_two), "fn(item)", "(a, b)"),
+    ("reduce", lambda: tf.reduce(_one, 0), "fn(acc, item)", "(x)"),
+    ("persistent", lambda: tf.persistent(_async_one, resource=_res), "fn(resource, item)", "(x)"),
+    ("persistent", lambda: tf.persistent(_async_three, resource=_res), "fn(resource, item)", "(r, a, b)"),
+    ("persistent", lambda: tf.persistent(_async_two, resource=_factory_one), "resource()", "(x)"),
+    ("on_demand", lambda: tf.on_demand(_factory_one), "factory()", "(x)"),
+    ("continuous", lambda: tf.continuous(_continuous_one), "fn(items, emit)", "(items)"),
+    ("source", lambda: tf.source(_source_two), "fn(emit)", "(emit, other)"),
+    ("parallel", lambda: tf.parallel(_one, _two), "fn(item)", "(a, b)"),
+    ("parallel", lambda: tf.parallel(a=_one, b=_async_two), "fn(item)", "(a, b)"),
+    ("partition", lambda: tf.partition(_two, {1: tf.map(_one)}), "key(item)", "(a, b)"),
+    ("route", lambda: tf.Graph().route(tf.Graph().add(tf.from_iterable([1])), _two), "key(item)", "(a, b)"),
+    ("Retry", lambda: tf.Retry(on=_two), "on(exception)", "(a, b)"),
+    ("DeadLetter", lambda: tf.DeadLetter(_two), "target(entry)", "(a, b)"),
+]
+
+
+@pytest.mark.parametrize(("operator", "build", "call", "signature"),
+                         BAD_SIGNATURES, ids=[f"{o}-{c}-{s}" for o, _, c, s in BAD_SIGNATURES])
+def test_signature_that_cannot_take_the_call_is_refused_at_definition(
+    operator: str, build: Callable[[], object], call: str, signature: str
+) -> None:
+    message = _raises(tf.DefinitionTypeError, build, operator, call, signature)
+    assert f"of {operator} is called as {call}" in message
+
+
+def _varargs(*args: Any) -> Any:
+    return args[-1]
+
+
+class _Callable:
+    def __call__(self, x: Any) -> Any:
+        return x
+
+    def method(self, x: Any) -> Any:
+        return x
+
+    def fold(self, acc: Any, x: Any) -> Any:
+        return acc + x
+
+
+class _Box:
+    def __init__(self, x: Any) -> None:
+        self.x = x
+
+
+class _Default:
+    def __call__(self, acc: Any, x: Any = 0, *, scale: int = 1) -> Any:
+        return acc
+
+
+#: functions that must still be accepted: partials, bound methods, callable instances,
+#: *args, defaults, builtins with and without a signature Python can tell
+GOOD: list[tuple[str, Callable[[], object]]] = [
+    ("map partial", lambda: tf.map(functools.partial(_two, 1))),
+    ("map bound method", lambda: tf.map(_Callable().method)),
+    ("map callable instance", lambda: tf.map(_Callable())),
+    ("map *args", lambda: tf.map(_varargs)),
+    ("map defaults", lambda: tf.map(_Default())),
+    ("map builtin with a signature", lambda: tf.map(abs)),
+    ("map builtin without a signature", lambda: tf.map(int)),
+    ("map class", lambda: tf.map(_Box)),
+    ("map key=str", lambda: tf.map(_af, key=str)),
+    ("scan bound method", lambda: tf.scan(_Callable().fold, 0)),
+    ("scan *args", lambda: tf.scan(_varargs, 0)),
+    ("scan partial", lambda: tf.scan(functools.partial(_async_three, None), 0)),
+    ("reduce builtin", lambda: tf.reduce(max, 0)),
+    ("sink print", lambda: tf.sink(print)),
+    ("sink list.append", lambda: tf.sink([].append)),
+    ("persistent", lambda: tf.persistent(_async_two, resource=_res)),
+    ("on_demand", lambda: tf.on_demand(lambda: _af)),
+    ("on_demand class", lambda: tf.on_demand(_Callable)),
+    ("Retry on", lambda: tf.Retry(on=lambda exc: True)),
+]
+
+
+@pytest.mark.parametrize("build", [b for _, b in GOOD], ids=[i for i, _ in GOOD])
+def test_signatures_that_can_take_the_call_are_accepted(build: Callable[[], object]) -> None:
+    assert build() is not None
+
+
+async def test_source_with_task_status_is_checked_with_the_keyword() -> None:
+    async def ready(emit: Any, *, task_status: Any) -> None:
+        task_status.started()
+        await emit(1)
+
+    assert await tf.source(ready).to_list() == [1]
+
+    async def no_emit(*, task_status: Any) -> None:
+        task_status.started()
+
+    _raises(tf.DefinitionTypeError, lambda: tf.source(no_emit), "fn(emit, task_status=...)")
