@@ -178,3 +178,38 @@ async def test_source_with_task_status_is_checked_with_the_keyword() -> None:
         task_status.started()
 
     _raises(tf.DefinitionTypeError, lambda: tf.source(no_emit), "fn(emit, task_status=...)")
+
+
+# --------------------------------------------------------------------------------- resources
+
+
+class _Conn:
+    async def __aenter__(self) -> _Conn:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+class _SyncConn:
+    def __enter__(self) -> _SyncConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("instance", [_res(), _Conn(), _SyncConn()],
+                         ids=["asynccontextmanager()", "async class instance", "sync instance"])
+def test_resource_given_a_context_manager_instance_is_refused(instance: Any) -> None:
+    _raises(tf.DefinitionTypeError, lambda: tf.persistent(_async_two, resource=instance),
+            "resource", "factory", repr(instance), "not resource=open_thing()")
+
+
+async def test_resource_given_a_factory_or_a_class_is_accepted() -> None:
+    async def use(res: Any, x: int) -> int:
+        return x + 1
+
+    for factory in (_res, _Conn):
+        stage = tf.persistent(use, resource=factory)
+        assert await (tf.from_iterable([1, 2]) | stage).to_list() == [2, 3]

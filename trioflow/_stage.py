@@ -349,6 +349,12 @@ class Adaptive:
         object.__setattr__(self, "idle", check_seconds("idle", self.idle))
 
 
+def _is_context_manager(value: object) -> bool:
+    """An instance (not a class) of a context manager: a resource built once, where a
+    factory was wanted (``asynccontextmanager`` objects are callable, as decorators)."""
+    return not isinstance(value, type) and (hasattr(value, "__aenter__") or hasattr(value, "__enter__"))
+
+
 def check_workers(argument: str, value: object) -> int:
     """Validate an int or ``Adaptive`` worker count; return the maximum."""
     if isinstance(value, Adaptive):
@@ -546,6 +552,12 @@ class PersistentStage(Stage[In, Out]):
             )
         object.__setattr__(self, "kind", kind)
         check_call(self.fn, self.operator, "fn(resource, item)")
+        if _is_context_manager(self.resource):
+            raise DefinitionTypeError(
+                f"resource must be a factory that builds an async context manager (each worker "
+                f"calls it once), got the context manager {self.resource!r} itself: pass the "
+                f"function, resource=open_thing, not resource=open_thing()"
+            )
         if not callable(self.resource):
             raise DefinitionTypeError(
                 f"resource must be a callable returning an async context manager, "
