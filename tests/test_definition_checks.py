@@ -79,7 +79,7 @@ BAD_SIGNATURES: list[tuple[str, Callable[[], object], str, str]] = [
     ("map", lambda: tf.map(_async_two, concurrency=2), "fn(item)", "(a, b)"),
     ("map", lambda: tf.map(lambda a, b: a), "fn(item)", "(a, b)"),
     ("map", lambda: tf.map(_needs_keyword), "fn(item)", "(x, *, scale)"),
-    ("map", lambda: tf.map(_one, key=_two), "key(item)", "(a, b)"),
+    ("map", lambda: tf.map(_af, key=_two), "key(item)", "(a, b)"),
     ("filter", lambda: tf.filter(_two), "fn(item)", "(a, b)"),
     ("tap", lambda: tf.tap(_async_two), "fn(item)", "(a, b)"),
     ("flat_map", lambda: tf.flat_map(_two), "fn(item)", "(a, b)"),
@@ -213,3 +213,36 @@ async def test_resource_given_a_factory_or_a_class_is_accepted() -> None:
     for factory in (_res, _Conn):
         stage = tf.persistent(use, resource=factory)
         assert await (tf.from_iterable([1, 2]) | stage).to_list() == [2, 3]
+
+
+# ----------------------------------------------------------------- options that do nothing
+
+
+def _sync(x: Any) -> Any:
+    return x
+
+
+INERT: list[tuple[str, Callable[[], object], str]] = [
+    ("map sync ordered=False", lambda: tf.map(_sync, ordered=False), "ordered=False"),
+    ("map sync window", lambda: tf.map(_sync, window=4), "window"),
+    ("map sync window=1", lambda: tf.map(_sync, window=1), "window"),
+    ("map sync key", lambda: tf.map(_sync, key=_sync), "key"),
+    ("map sync key per_key", lambda: tf.map(_sync, key=_sync, per_key=1), "key"),
+    ("map sync with retry ordered=False",
+     lambda: tf.map(_sync, ordered=False, retry=tf.Retry()), "ordered=False"),
+]
+
+
+@pytest.mark.parametrize(("build", "argument"), [(b, a) for _, b, a in INERT],
+                         ids=[i for i, _, _ in INERT])
+def test_option_that_does_nothing_on_a_plain_function_is_refused(
+    build: Callable[[], object], argument: str
+) -> None:
+    _raises(tf.DefinitionValueError, build, argument, "does nothing", "_sync")
+
+
+def test_options_that_apply_are_still_accepted() -> None:
+    assert tf.map(_af, concurrency=2, ordered=False, window=4, key=_sync) is not None
+    assert tf.map(_sync, backend=tf.Threads(), ordered=False) is not None
+    # one async call at a time: a concurrency that comes from configuration may be 1
+    assert tf.map(_af, concurrency=1, ordered=False, window=3) is not None

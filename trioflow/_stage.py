@@ -388,6 +388,17 @@ class MapStage(FnStage[In, Out]):
             if classify(self.key, "key") is not CallKind.SYNC:
                 raise DefinitionTypeError(f"key must be a plain function, got {self.key!r}")
             check_call(self.key, self.operator, "key(item)")
+        if self.kind is not CallKind.ASYNC and not self.runs_elsewhere:
+            # a plain function on the Trio thread: one call at a time, in input order
+            inert = [("ordered=False", not self.ordered), ("window", self.window is not None),
+                     ("key", self.key is not None)]
+            for argument, given in inert:
+                if given:
+                    raise DefinitionValueError(
+                        f"{argument} does nothing on the plain function {self.fn!r}: it runs one "
+                        "call at a time on the Trio thread, in input order (give an async fn "
+                        "with concurrency=N, or backend=Threads(...)/Processes(...))"
+                    )
         check_int("per_key", self.per_key, minimum=1)
         if self.per_key > 1 and self.key is None:
             raise DefinitionValueError(f"per_key={self.per_key} needs key=")
