@@ -244,5 +244,6 @@ def test_option_that_does_nothing_on_a_plain_function_is_refused(
 def test_options_that_apply_are_still_accepted() -> None:
     assert tf.map(_af, concurrency=2, ordered=False, window=4, key=_sync) is not None
     assert tf.map(_sync, backend=tf.Threads(), ordered=False) is not None
+    assert tf.map(_sync, backend=tf.Inline(), ordered=False) is not None
     # one async call at a time: a concurrency that comes from configuration may be 1
     assert tf.map(_af, concurrency=1, ordered=False, window=3) is not None

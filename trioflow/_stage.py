@@ -388,8 +388,10 @@ class MapStage(FnStage[In, Out]):
             if classify(self.key, "key") is not CallKind.SYNC:
                 raise DefinitionTypeError(f"key must be a plain function, got {self.key!r}")
             check_call(self.key, self.operator, "key(item)")
-        if self.kind is not CallKind.ASYNC and not self.runs_elsewhere:
-            # a plain function on the Trio thread: one call at a time, in input order
+        if self.kind is not CallKind.ASYNC and self.backend is None:
+            # a plain function on the Trio thread: one call at a time, in input order. (With
+            # a backend, even Inline(), the options stay valid: the backend may come from
+            # configuration, as a concurrency of 1 may for an async fn.)
             inert = [("ordered=False", not self.ordered), ("window", self.window is not None),
                      ("key", self.key is not None)]
             for argument, given in inert:
