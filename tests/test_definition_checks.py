@@ -247,3 +247,51 @@ def test_options_that_apply_are_still_accepted() -> None:
     assert tf.map(_sync, backend=tf.Inline(), ordered=False) is not None
     # one async call at a time: a concurrency that comes from configuration may be 1
     assert tf.map(_af, concurrency=1, ordered=False, window=3) is not None
+
+
+# ------------------------------------------------------------- buffer/overflow of fused stages
+
+
+FUSED: list[tuple[str, Callable[[], Any], str]] = [
+    ("map buffer", lambda: tf.from_iterable([1]) | tf.map(_sync, buffer=4, name="m"), "'m' (buffer=4)"),
+    ("filter overflow", lambda: tf.from_iterable([1]) | tf.filter(
+        _sync, buffer=4096, overflow=tf.Overflow.DROP_NEWEST, name="f"), "'f' (buffer=4096, overflow="),
+    ("tap buffer", lambda: tf.from_iterable([1]) | tf.tap(_sync, buffer=2, name="t"), "'t' (buffer=2)"),
+    ("batch buffer", lambda: tf.from_iterable([1]) | tf.batch(3, buffer=2, name="b"), "'b' (buffer=2)"),
+    ("sink buffer", lambda: tf.from_iterable([1]) | tf.sink(_sync, buffer=2, name="s"), "'s' (buffer=2)"),
+    ("after an async stage", lambda: tf.from_iterable([1]) | tf.map(_af) | tf.map(_sync, buffer=9),
+     "'map_2' (buffer=9) runs fused in the task of 'map'"),
+]
+
+
+@pytest.mark.parametrize(("build", "words"), [(b, w) for _, b, w in FUSED], ids=[i for i, _, _ in FUSED])
+def test_buffer_or_overflow_on_a_fused_stage_warns_once_per_plan(
+    build: Callable[[], Any], words: str
+) -> None:
+    with pytest.warns(tf.FusedStageWarning) as record:
+        build().plan()
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert words in message and "no edge feeds" in message
+    assert record[0].filename == __file__  # points at the caller, not into trioflow
+
+
+async def test_fused_warning_names_every_fused_stage_in_one_warning_when_run() -> None:
+    flow = tf.from_iterable([1, 2]) | tf.map(_sync, buffer=3, name="a") | tf.filter(_sync, buffer=5, name="b")
+    with pytest.warns(tf.FusedStageWarning) as record:
+        assert await flow.to_list() == [1, 2]
+    assert len(record) == 1
+    assert "'a' (buffer=3)" in str(record[0].message) and "'b' (buffer=5)" in str(record[0].message)
+    assert record[0].filename == __file__
+
+
+@pytest.mark.filterwarnings("error::trioflow.FusedStageWarning")
+def test_buffer_on_a_stage_that_reads_an_edge_does_not_warn() -> None:
+    (tf.from_iterable([1]) | tf.map(_af, buffer=4) | tf.sink(_af, buffer=2)).plan()
+    (tf.from_iterable([1]) | tf.map(_sync, buffer=4, retry=tf.Retry())).plan()  # a task of its own
+    (tf.from_iterable([1]) | tf.map(_af) | tf.map(_sync) | tf.to_list()).plan()
+    g = tf.Graph()
+    fan = g.broadcast(g.add(tf.from_iterable([1])))
+    g.add(tf.to_list(), g.add(tf.map(_sync, buffer=2), fan))  # after a fan-out: an edge
+    g.add(tf.sink(_sync, buffer=2), fan)
+    g.plan()

@@ -23,6 +23,9 @@ from ._errors import (
     DefinitionValueError as DefinitionValueError,
 )
 from ._errors import (
+    FusedStageWarning as FusedStageWarning,
+)
+from ._errors import (
     RunAborted as RunAborted,
 )
 from ._errors import (
@@ -163,6 +166,7 @@ __all__ = [
     "DefinitionError",
     "DefinitionTypeError",
     "DefinitionValueError",
+    "FusedStageWarning",
     "EdgeOverflowError",
     "EdgeStatistics",
     "Emit",

@@ -8,6 +8,7 @@ __all__ = [
     "DefinitionError",
     "DefinitionTypeError",
     "DefinitionValueError",
+    "FusedStageWarning",
     "RunAborted",
     "TrioflowError",
     "UnroutableError",
@@ -32,6 +33,12 @@ class DefinitionValueError(DefinitionError, ValueError):
 
 class DefinitionTypeError(DefinitionError, TypeError):
     """An argument has the wrong type; the message names the argument."""
+
+
+class FusedStageWarning(UserWarning):
+    """``buffer=`` or ``overflow=`` was given to a stage that the planner fused into its
+    producer's task: no edge feeds the stage, so the options do nothing. Warned once per
+    plan, naming the stages."""
 
 
 class RunAborted(TrioflowError):
