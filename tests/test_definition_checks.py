@@ -295,3 +295,50 @@ def test_buffer_on_a_stage_that_reads_an_edge_does_not_warn() -> None:
     g.add(tf.to_list(), g.add(tf.map(_sync, buffer=2), fan))  # after a fan-out: an edge
     g.add(tf.sink(_sync, buffer=2), fan)
     g.plan()
+
+
+# ------------------------------------------------------------ flat_map of an async iterable
+
+
+async def _agen(x: Any) -> AsyncIterator[Any]:
+    yield x
+
+
+def _returns_agen(x: Any) -> AsyncIterator[Any]:
+    return _agen(x)
+
+
+def _returns_agen_evaluated(x: Any) -> AsyncIterator[Any]:
+    return _agen(x)
+
+
+# this module's annotations are strings (postponed); this one is the evaluated type
+_returns_agen_evaluated.__annotations__["return"] = AsyncIterator[Any]
+
+
+async def _async_returns_agen(x: Any) -> AsyncIterator[Any]:
+    return _agen(x)
+
+
+class _Stream:
+    def __init__(self, x: Any) -> None:
+        self.x = x
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return _agen(self.x)
+
+
+def _returns_list(x: Any) -> list[Any]:
+    return [x]
+
+
+@pytest.mark.parametrize("fn", [_returns_agen, _returns_agen_evaluated, _async_returns_agen, _Stream],
+                         ids=["annotated", "evaluated annotation", "async def annotated", "class"])
+def test_flat_map_of_a_function_returning_an_async_iterable_is_refused(fn: Any) -> None:
+    _raises(tf.DefinitionTypeError, lambda: tf.flat_map(fn), "flat_map", "async iterable",
+            "async generator function")
+
+
+async def test_flat_map_of_iterables_and_async_generators_is_accepted() -> None:
+    for fn in (_returns_list, lambda x: [x], _agen):
+        assert await (tf.from_iterable([1, 2]) | tf.flat_map(fn)).to_list() == [1, 2]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-from collections.abc import Callable
+import re
+import typing
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 from ._errors import DefinitionTypeError
@@ -98,3 +100,22 @@ def check_call(
             f"{argument} of {operator} is called as {call}, but {_label(fn)} has the signature "
             f"{bare} and cannot take that ({exc})"
         ) from None
+
+
+_ASYNC_ITERABLE_NAME = re.compile(r"^(?:[\w.]+\.)?Async(?:Iterator|Iterable|Generator)\b")
+
+
+def returns_async_iterable(fn: Callable[..., object]) -> bool:
+    """Whether a plain callable says that it returns an async iterable: a class whose
+    instances are async iterables but not iterables, or a return annotation naming one.
+    (Unannotated functions cannot tell; they are not refused.)"""
+    if isinstance(fn, type):
+        return hasattr(fn, "__aiter__") and not hasattr(fn, "__iter__")
+    try:
+        returns = inspect.signature(fn).return_annotation
+    except (TypeError, ValueError):
+        return False
+    if isinstance(returns, str):  # postponed annotations are compared by name, never evaluated
+        return _ASYNC_ITERABLE_NAME.match(returns) is not None
+    origin = typing.get_origin(returns) or returns
+    return isinstance(origin, type) and issubclass(origin, AsyncIterable)

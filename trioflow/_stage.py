@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from ._backends import Backend
-from ._callables import CallKind, check_call, classify
+from ._callables import CallKind, check_call, classify, returns_async_iterable
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._overflow import Overflow, Unbounded
 from ._policies import FAIL, DeadLetter, Fail, OnError, Restart, Retry, check_policies
@@ -473,6 +473,16 @@ class FilterStage(FnStage[T, T]):
 class FlatMapStage(FnStage[In, Out]):
     operator: ClassVar[str] = "flat_map"
     allowed_kinds: ClassVar[frozenset[CallKind]] = frozenset(CallKind)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.kind in (CallKind.SYNC, CallKind.ASYNC) and returns_async_iterable(self.fn):
+            raise DefinitionTypeError(
+                f"fn of flat_map is a {self.kind.value} function that returns an async iterable "
+                f"({self.fn!r}), but its result is iterated with `for`, not `async for`: write fn "
+                "as an async generator function (async def with yield; `async for x in it: "
+                "yield x` hands on another async iterable)"
+            )
 
 
 @attrs.frozen(kw_only=True)
