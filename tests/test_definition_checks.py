@@ -342,3 +342,19 @@ def test_flat_map_of_a_function_returning_an_async_iterable_is_refused(fn: Any) 
 async def test_flat_map_of_iterables_and_async_generators_is_accepted() -> None:
     for fn in (_returns_list, lambda x: [x], _agen):
         assert await (tf.from_iterable([1, 2]) | tf.flat_map(fn)).to_list() == [1, 2]
+
+
+# ------------------------------------------------------------------------- pipeline | stage
+
+
+@pytest.mark.parametrize("other", [tf.map(_sync), tf.map(_af) | tf.filter(_sync), tf.to_list(), 3],
+                         ids=["stage", "chain", "sink", "other"])
+def test_pipeline_followed_by_anything_says_what_to_do(other: Any) -> None:
+    pipeline = tf.from_iterable([1]) | tf.map(_sync) | tf.sink(_sync, name="out")
+    _raises(tf.DefinitionTypeError, lambda: pipeline | other,
+            "pipeline ends in its sink 'out'", "flow | stage | sink", "pipeline.flow | stage")
+
+
+async def test_pipeline_flow_can_be_continued_as_the_error_says() -> None:
+    pipeline = tf.from_iterable([1, 2]) | tf.map(_sync) | tf.to_list()
+    assert await (pipeline.flow | tf.map(lambda x: x * 10) | tf.to_list()).run() == [10, 20]
