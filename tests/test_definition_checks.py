@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import trio
 
 import trioflow as tf
 
@@ -358,3 +359,107 @@ def test_pipeline_followed_by_anything_says_what_to_do(other: Any) -> None:
 async def test_pipeline_flow_can_be_continued_as_the_error_says() -> None:
     pipeline = tf.from_iterable([1, 2]) | tf.map(_sync) | tf.to_list()
     assert await (pipeline.flow | tf.map(lambda x: x * 10) | tf.to_list()).run() == [10, 20]
+
+
+# ------------------------------------------------------------------ one-shot sources run twice
+
+
+def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The run's one group level: a single leaf, not a nested group."""
+    assert len(group.exceptions) == 1, group.exceptions
+    (leaf,) = group.exceptions
+    assert not isinstance(leaf, BaseExceptionGroup)
+    return leaf
+
+
+def _notes(exc: BaseException) -> str:
+    return "\n".join(getattr(exc, "__notes__", []))
+
+
+class _Countdown:
+    """An async iterator that is its own aiter (no aclose)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __aiter__(self) -> _Countdown:
+        return self
+
+    async def __anext__(self) -> int:
+        if self.n == 0:
+            raise StopAsyncIteration
+        self.n -= 1
+        return self.n + 1
+
+
+def _channel() -> tf.Flow[int]:
+    send, receive = trio.open_memory_channel[int](10)
+    for x in (1, 2, 3):
+        send.send_nowait(x)
+    send.close()
+    return tf.from_channel(receive, name="src")
+
+
+async def _agen3() -> AsyncIterator[int]:
+    for x in (1, 2, 3):
+        yield x
+
+
+ONE_SHOT: list[tuple[str, Callable[[], tf.Flow[int]]]] = [
+    ("generator", lambda: tf.from_iterable((x for x in (1, 2, 3)), name="src")),
+    ("list iterator", lambda: tf.from_iterable(iter([1, 2, 3]), name="src")),
+    ("map object", lambda: tf.from_iterable(map(int, "123"), name="src")),
+    ("async generator", lambda: tf.from_async_iterable(_agen3(), name="src")),
+    ("async iterator", lambda: tf.from_async_iterable(_Countdown(3), name="src")),
+    ("channel", _channel),
+]
+
+
+@pytest.mark.parametrize("make", [m for _, m in ONE_SHOT], ids=[i for i, _ in ONE_SHOT])
+async def test_one_shot_source_run_twice_fails_naming_the_source(make: Callable[[], tf.Flow[int]]) -> None:
+    flow = make()
+    assert sorted(await flow.to_list()) == [1, 2, 3]
+    for second_run in (flow.to_list, flow.run, (flow | tf.map(_sync) | tf.to_list()).run):
+        with pytest.raises(ExceptionGroup) as info:
+            await second_run()
+        leaf = _leaf(info.value)
+        assert isinstance(leaf, tf.SourceConsumedError) and isinstance(leaf, RuntimeError)
+        assert "'src'" in str(leaf) and "runs once" in str(leaf)
+        assert "stage 'src'" in _notes(leaf)
+
+
+async def test_one_shot_source_in_a_graph_run_twice_fails() -> None:
+    g = tf.Graph()
+    out = g.add(tf.to_list(), g.add(tf.from_iterable(iter(range(3)), name="numbers")))
+    assert (await g.run())[out] == [0, 1, 2]
+    with pytest.raises(ExceptionGroup) as info:
+        await g.run()
+    assert isinstance(_leaf(info.value), tf.SourceConsumedError)
+    assert "'numbers'" in str(_leaf(info.value))
+
+
+async def test_a_generator_that_already_finished_fails_in_a_new_flow_too() -> None:
+    gen = (x for x in range(3))
+    assert await tf.from_iterable(gen).to_list() == [0, 1, 2]
+    with pytest.raises(ExceptionGroup) as info:
+        await tf.from_iterable(gen, name="again").to_list()
+    leaf = _leaf(info.value)
+    assert isinstance(leaf, tf.SourceConsumedError) and "already finished" in str(leaf)
+
+
+@pytest.mark.parametrize("data", [[1, 2, 3], range(1, 4), (1, 2, 3), {1: "a", 2: "b", 3: "c"}],
+                         ids=["list", "range", "tuple", "dict"])
+async def test_re_iterable_sources_run_any_number_of_times(data: Any) -> None:
+    flow = tf.from_iterable(data)
+    for _ in range(3):
+        assert await flow.to_list() == [1, 2, 3]
+
+
+async def test_from_channel_error_on_a_channel_closed_elsewhere_names_the_stage() -> None:
+    _send, receive = trio.open_memory_channel[int](1)
+    receive.close()
+    with pytest.raises(ExceptionGroup) as info:
+        await tf.from_channel(receive, name="inbox").to_list()
+    leaf = _leaf(info.value)
+    assert isinstance(leaf, trio.ClosedResourceError)
+    assert "stage 'inbox'" in _notes(leaf)

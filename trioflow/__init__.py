@@ -29,6 +29,9 @@ from ._errors import (
     RunAborted as RunAborted,
 )
 from ._errors import (
+    SourceConsumedError as SourceConsumedError,
+)
+from ._errors import (
     TrioflowError as TrioflowError,
 )
 from ._errors import (
@@ -193,6 +196,7 @@ __all__ = [
     "Retry",
     "RouteNode",
     "RunAborted",
+    "SourceConsumedError",
     "RunHandle",
     "RunState",
     "RunStatistics",

@@ -10,6 +10,7 @@ __all__ = [
     "DefinitionValueError",
     "FusedStageWarning",
     "RunAborted",
+    "SourceConsumedError",
     "TrioflowError",
     "UnroutableError",
 ]
@@ -45,6 +46,13 @@ class RunAborted(TrioflowError):
     """Passed to a persistent resource's ``__aexit__`` when its worker ends after the run
     has already failed elsewhere: the resource closes as on an error (rolls back rather
     than commits). Never raised to the caller."""
+
+
+class SourceConsumedError(TrioflowError, RuntimeError):
+    """A run started a one-shot source (an iterator or generator, an async iterator, a
+    channel) that an earlier run already consumed. Raised in the run, noted with the source
+    stage, instead of the run silently finding nothing. Build the flow anew per run, over a
+    fresh iterator, or give ``from_iterable`` a re-iterable collection (a list, a range)."""
 
 
 class UnroutableError(TrioflowError, LookupError):

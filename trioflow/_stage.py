@@ -726,9 +726,27 @@ class ReduceSink(Sink[In, Any]):
 # -- sources ------------------------------------------------------------------------------------
 
 
+class OneShot:
+    """Whether a run has taken a one-shot source (an iterator, a channel) of a spec: the
+    one mutable part of a frozen source spec, so that a second run of the same flow fails
+    instead of finding the source empty."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self) -> None:
+        self.taken = False
+
+    def take(self) -> bool:
+        """Mark the source taken; False if a run had taken it before."""
+        first = not self.taken
+        self.taken = True
+        return first
+
+
 @attrs.frozen(kw_only=True)
 class IterableSource(Source[T]):
     iterable: Iterable[T]
+    once: OneShot = attrs.field(factory=OneShot, init=False, repr=False, eq=False)
 
     operator: ClassVar[str] = "from_iterable"
 
@@ -741,6 +759,7 @@ class IterableSource(Source[T]):
 @attrs.frozen(kw_only=True)
 class AsyncIterableSource(Source[T]):
     iterable: AsyncIterable[T]
+    once: OneShot = attrs.field(factory=OneShot, init=False, repr=False, eq=False)
 
     operator: ClassVar[str] = "from_async_iterable"
 
@@ -753,6 +772,7 @@ class AsyncIterableSource(Source[T]):
 @attrs.frozen(kw_only=True)
 class ChannelSource(Source[T]):
     channel: trio.abc.ReceiveChannel[T]
+    once: OneShot = attrs.field(factory=OneShot, init=False, repr=False, eq=False)
 
     operator: ClassVar[str] = "from_channel"
 
