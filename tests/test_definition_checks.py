@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+from test_failures import notes, single_leaf
 
 import trioflow as tf
 
@@ -364,18 +365,6 @@ async def test_pipeline_flow_can_be_continued_as_the_error_says() -> None:
 # ------------------------------------------------------------------ one-shot sources run twice
 
 
-def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The run's one group level: a single leaf, not a nested group."""
-    assert len(group.exceptions) == 1, group.exceptions
-    (leaf,) = group.exceptions
-    assert not isinstance(leaf, BaseExceptionGroup)
-    return leaf
-
-
-def _notes(exc: BaseException) -> str:
-    return "\n".join(getattr(exc, "__notes__", []))
-
-
 class _Countdown:
     """An async iterator that is its own aiter (no aclose)."""
 
@@ -422,10 +411,10 @@ async def test_one_shot_source_run_twice_fails_naming_the_source(make: Callable[
     for second_run in (flow.to_list, flow.run, (flow | tf.map(_sync) | tf.to_list()).run):
         with pytest.raises(ExceptionGroup) as info:
             await second_run()
-        leaf = _leaf(info.value)
+        leaf = single_leaf(info.value)
         assert isinstance(leaf, tf.SourceConsumedError) and isinstance(leaf, RuntimeError)
         assert "'src'" in str(leaf) and "runs once" in str(leaf)
-        assert "stage 'src'" in _notes(leaf)
+        assert "stage 'src'" in notes(leaf)
 
 
 async def test_one_shot_source_in_a_graph_run_twice_fails() -> None:
@@ -434,8 +423,8 @@ async def test_one_shot_source_in_a_graph_run_twice_fails() -> None:
     assert (await g.run())[out] == [0, 1, 2]
     with pytest.raises(ExceptionGroup) as info:
         await g.run()
-    assert isinstance(_leaf(info.value), tf.SourceConsumedError)
-    assert "'numbers'" in str(_leaf(info.value))
+    assert isinstance(single_leaf(info.value), tf.SourceConsumedError)
+    assert "'numbers'" in str(single_leaf(info.value))
 
 
 async def test_a_generator_that_already_finished_fails_in_a_new_flow_too() -> None:
@@ -443,7 +432,7 @@ async def test_a_generator_that_already_finished_fails_in_a_new_flow_too() -> No
     assert await tf.from_iterable(gen).to_list() == [0, 1, 2]
     with pytest.raises(ExceptionGroup) as info:
         await tf.from_iterable(gen, name="again").to_list()
-    leaf = _leaf(info.value)
+    leaf = single_leaf(info.value)
     assert isinstance(leaf, tf.SourceConsumedError) and "already finished" in str(leaf)
 
 
@@ -460,6 +449,6 @@ async def test_from_channel_error_on_a_channel_closed_elsewhere_names_the_stage(
     receive.close()
     with pytest.raises(ExceptionGroup) as info:
         await tf.from_channel(receive, name="inbox").to_list()
-    leaf = _leaf(info.value)
+    leaf = single_leaf(info.value)
     assert isinstance(leaf, trio.ClosedResourceError)
-    assert "stage 'inbox'" in _notes(leaf)
+    assert "stage 'inbox'" in notes(leaf)
