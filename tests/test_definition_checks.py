@@ -452,3 +452,33 @@ async def test_from_channel_error_on_a_channel_closed_elsewhere_names_the_stage(
     leaf = single_leaf(info.value)
     assert isinstance(leaf, trio.ClosedResourceError)
     assert "stage 'inbox'" in notes(leaf)
+
+
+# ------------------------------------------------------------------ nodes of another graph
+
+
+def test_input_from_another_graph_names_both_nodes() -> None:
+    other = tf.Graph()
+    other.add(tf.from_iterable([0]))
+    foreign = other.add(tf.from_iterable([1]))  # named 'from_iterable_2' by the planner
+    named = other.add(tf.map(_sync, name="double"), foreign)
+    g = tf.Graph()
+    g.add(tf.map(_sync), g.add(tf.from_iterable([2])))
+    _raises(tf.DefinitionValueError, lambda: g.add(tf.map(_sync), foreign),
+            "input of 'map_2' is 'from_iterable_2', a node of another graph")
+    _raises(tf.DefinitionValueError, lambda: g.add(tf.sink(_sync, name="out"), named),
+            "input of 'out' is 'double'")
+    _raises(tf.DefinitionValueError, lambda: g.add(tf.map(_sync, name="a") | tf.filter(_sync), named),
+            "input of 'a' is 'double'")
+    _raises(tf.DefinitionValueError, lambda: g.broadcast(named, name="fan"), "input of 'fan' is 'double'")
+    local = g.add(tf.from_iterable([3]))
+    _raises(tf.DefinitionValueError, lambda: g.merge(local, named),
+            "inputs[1] of 'merge' is 'double'")
+
+
+def test_port_of_another_graph_names_both_nodes() -> None:
+    other = tf.Graph()
+    router = other.route(other.add(tf.from_iterable([1])), _sync, name="by_kind")
+    g = tf.Graph()
+    _raises(tf.DefinitionValueError, lambda: g.add(tf.to_list(name="evens"), router[0]),
+            "input of 'evens' is a port of 'by_kind', a node of another graph")
