@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, event, given, note, settings
@@ -30,6 +31,9 @@ import trioflow as tf
 
 #: ``TRIOFLOW_HYPOTHESIS_SCALE=10`` runs ten times the examples (for a long local hunt).
 SCALE = float(os.environ.get("TRIOFLOW_HYPOTHESIS_SCALE", "1"))
+
+# random buffers go on every stage, fused or not: the planner's warning is expected here
+pytestmark = pytest.mark.filterwarnings("ignore::trioflow.FusedStageWarning")
 
 
 def examples(n: int) -> settings:

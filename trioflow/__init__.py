@@ -23,7 +23,13 @@ from ._errors import (
     DefinitionValueError as DefinitionValueError,
 )
 from ._errors import (
+    FusedStageWarning as FusedStageWarning,
+)
+from ._errors import (
     RunAborted as RunAborted,
+)
+from ._errors import (
+    SourceConsumedError as SourceConsumedError,
 )
 from ._errors import (
     TrioflowError as TrioflowError,
@@ -163,6 +169,7 @@ __all__ = [
     "DefinitionError",
     "DefinitionTypeError",
     "DefinitionValueError",
+    "FusedStageWarning",
     "EdgeOverflowError",
     "EdgeStatistics",
     "Emit",
@@ -189,6 +196,7 @@ __all__ = [
     "Retry",
     "RouteNode",
     "RunAborted",
+    "SourceConsumedError",
     "RunHandle",
     "RunState",
     "RunStatistics",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-from collections.abc import Callable
+import re
+import typing
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 from ._errors import DefinitionTypeError
@@ -60,3 +62,60 @@ def accepts_keyword(fn: Callable[..., object], name: str) -> bool:
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
         )
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _label(fn: object) -> str:
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else repr(fn)
+
+
+def check_call(
+    fn: Callable[..., object],
+    operator: str,
+    call: str,
+    *,
+    keywords: tuple[str, ...] = (),
+    argument: str | None = None,
+) -> None:
+    """Refuse, at definition, a callable whose signature cannot take the call ``operator``
+    will make. ``call`` spells that call, ``"fn(acc, item)"``: the argument's name, then the
+    positional arguments it is given (``keywords`` are passed by name besides). Callables
+    whose signature Python cannot tell (many builtins and C functions) are let through:
+    they fail, if at all, when called."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    inside = call.partition("(")[2].rstrip(")")
+    nargs = sum(1 for a in inside.split(",") if a.strip() and "=" not in a)
+    try:
+        signature.bind(*(None,) * nargs, **dict.fromkeys(keywords))
+    except TypeError as exc:
+        argument = argument or call.partition("(")[0]
+        bare = signature.replace(  # annotations only clutter the message
+            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+            return_annotation=signature.empty,
+        )
+        raise DefinitionTypeError(
+            f"{argument} of {operator} is called as {call}, but {_label(fn)} has the signature "
+            f"{bare} and cannot take that ({exc})"
+        ) from None
+
+
+_ASYNC_ITERABLE_NAME = re.compile(r"^(?:[\w.]+\.)?Async(?:Iterator|Iterable|Generator)\b")
+
+
+def returns_async_iterable(fn: Callable[..., object]) -> bool:
+    """Whether a plain callable says that it returns an async iterable: a class whose
+    instances are async iterables but not iterables, or a return annotation naming one.
+    (Unannotated functions cannot tell; they are not refused.)"""
+    if isinstance(fn, type):
+        return hasattr(fn, "__aiter__") and not hasattr(fn, "__iter__")
+    try:
+        returns = inspect.signature(fn).return_annotation
+    except (TypeError, ValueError):
+        return False
+    if isinstance(returns, str):  # postponed annotations are compared by name, never evaluated
+        return _ASYNC_ITERABLE_NAME.match(returns) is not None
+    origin = typing.get_origin(returns) or returns
+    return isinstance(origin, type) and issubclass(origin, AsyncIterable)

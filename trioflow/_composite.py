@@ -23,7 +23,7 @@ from typing import Any, ClassVar, TypeVar, overload
 
 import attrs
 
-from ._callables import CallKind
+from ._callables import CallKind, check_call
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._plan import DEFAULT, RoutePort
 from ._stage import (
@@ -272,6 +272,7 @@ def partition(
     """
     if not callable(key):
         raise DefinitionTypeError(f"key must be callable, got {key!r}")
+    check_call(key, "partition", "key(item)")
     if not isinstance(branches, Mapping) or not branches:
         raise DefinitionValueError(f"branches must be a non-empty mapping of key -> stage, got {branches!r}")
     lifted = tuple((k, _lift_branch(b, f"branches[{k!r}]")) for k, b in branches.items())

@@ -8,7 +8,9 @@ __all__ = [
     "DefinitionError",
     "DefinitionTypeError",
     "DefinitionValueError",
+    "FusedStageWarning",
     "RunAborted",
+    "SourceConsumedError",
     "TrioflowError",
     "UnroutableError",
 ]
@@ -34,10 +36,23 @@ class DefinitionTypeError(DefinitionError, TypeError):
     """An argument has the wrong type; the message names the argument."""
 
 
+class FusedStageWarning(UserWarning):
+    """``buffer=`` or ``overflow=`` was given to a stage that the planner fused into its
+    producer's task: no edge feeds the stage, so the options do nothing. Warned once per
+    plan, naming the stages."""
+
+
 class RunAborted(TrioflowError):
     """Passed to a persistent resource's ``__aexit__`` when its worker ends after the run
     has already failed elsewhere: the resource closes as on an error (rolls back rather
     than commits). Never raised to the caller."""
+
+
+class SourceConsumedError(TrioflowError, RuntimeError):
+    """A run started a one-shot source (an iterator or generator, an async iterator, a
+    channel) that an earlier run already consumed. Raised in the run, noted with the source
+    stage, instead of the run silently finding nothing. Build the flow anew per run, over a
+    fresh iterator, or give ``from_iterable`` a re-iterable collection (a list, a range)."""
 
 
 class UnroutableError(TrioflowError, LookupError):

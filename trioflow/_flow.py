@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, NoReturn, TypeVar, overload
 
 import attrs
 import trio
@@ -166,6 +166,16 @@ class Pipeline(Generic[R]):
 
     flow: Flow[Any]
     sink: Sink[Any, R]
+
+    def __or__(self, other: object) -> NoReturn:
+        """A pipeline is finished (it ends in its sink): refuse ``pipeline | stage`` with
+        what to write instead."""
+        what = "another sink" if isinstance(other, Sink) else f"{other!r}"
+        raise DefinitionTypeError(
+            f"a pipeline ends in its sink {self.sink.name or self.sink.operator!r} and cannot be "
+            f"followed by {what}: put stages before the sink (flow | stage | sink), or "
+            "continue the flow that the pipeline ends: pipeline.flow | stage | sink"
+        )
 
     def plan(self, *, chunk_size: int = DEFAULT_CHUNK_SIZE, buffer: int = DEFAULT_BUFFER) -> Plan:
         """How a ``run`` of this pipeline would be laid out (which stages share a task)."""

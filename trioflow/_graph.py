@@ -22,6 +22,7 @@ from ._runtime import RunHandle, Runner
 from ._stage import (
     BalanceSpec,
     BroadcastSpec,
+    Chain,
     Junction,
     MergeSpec,
     RouteSpec,
@@ -142,17 +143,26 @@ class Graph:
 
     # -- building -----------------------------------------------------------------------------
 
-    def _check_input(self, inp: object, argument: str) -> tuple[int, Hashable | None]:
+    def _name_of(self, index: int) -> str:
+        """The name the planner gives node ``index`` (its ``name=``, or its operator's)."""
+        return unique_names([g.spec for g in self._nodes])[index]
+
+    def _check_input(self, inp: object, argument: str, spec: Any) -> tuple[int, Hashable | None]:
+        """``spec`` is the node being added, for the messages."""
+        node = inp.node if isinstance(inp, Port) else inp
+        if isinstance(node, Node | RouteNode) and node.graph is not self:
+            first = spec.stages[0] if isinstance(spec, Chain) else spec
+            adding = unique_names([*(g.spec for g in self._nodes), first])[-1]
+            foreign = node.graph._name_of(node.index)
+            port = f"a port of {foreign!r}" if isinstance(inp, Port) else repr(foreign)
+            raise DefinitionValueError(
+                f"{argument} of {adding!r} is {port}, a node of another graph: a graph's edges "
+                f"refer to its own nodes only (add {foreign!r} and what it reads from to this "
+                "graph, or build the whole DAG in one Graph)"
+            )
         if isinstance(inp, Port):
-            if inp.node.graph is not self:
-                raise DefinitionValueError(f"{argument} is a port of another graph")
             return inp.node.index, inp.key if inp.key is DEFAULT else RoutePort(inp.key)
         if isinstance(inp, Node | RouteNode):
-            if inp.graph is not self:
-                raise DefinitionValueError(
-                    f"{argument} is node {inp.operator!r} of another graph: a graph's edges "
-                    "refer to its own nodes only"
-                )
             if isinstance(inp, RouteNode):
                 raise DefinitionValueError(
                     f"{argument}: read from a route through a port, route_node[key] or route_node.default"
@@ -198,7 +208,7 @@ class Graph:
         if isinstance(spec, Stage | Sink):
             if input is None:
                 raise DefinitionValueError(f"{spec.operator!r} needs an input node")
-            inp = self._check_input(input, "input")
+            inp = self._check_input(input, "input", spec)
             if isinstance(spec, Sink):
                 return SinkNode(self, self._append(spec, (inp,)), spec.operator)
             index = add_stage(self._append, spec, inp)  # chains and composites expand here
@@ -217,7 +227,7 @@ class Graph:
         * on error: none of its own.
         """
         spec = BroadcastSpec(name=name)
-        return Node(self, self._append(spec, (self._check_input(input, "input"),)), spec.operator)
+        return Node(self, self._append(spec, (self._check_input(input, "input", spec),)), spec.operator)
 
     def balance(self, input: Input[T], *, name: str | None = None) -> Node[T]:
         """Each item to exactly one consumer: the one with the most room in its edge.
@@ -230,7 +240,7 @@ class Graph:
         * on error: none of its own.
         """
         spec = BalanceSpec(name=name)
-        return Node(self, self._append(spec, (self._check_input(input, "input"),)), spec.operator)
+        return Node(self, self._append(spec, (self._check_input(input, "input", spec),)), spec.operator)
 
     def route(
         self, input: Input[T], key: Callable[[T], Hashable], *, name: str | None = None
@@ -246,7 +256,7 @@ class Graph:
           ``UnroutableError``; an exception from ``key`` fails it too (noted with the item).
         """
         spec = RouteSpec(key=key, name=name)
-        return RouteNode(self, self._append(spec, (self._check_input(input, "input"),)))
+        return RouteNode(self, self._append(spec, (self._check_input(input, "input", spec),)))
 
     def merge(self, *inputs: Input[T], name: str | None = None, buffer: int | None = None) -> Node[T]:
         """Interleave several inputs into one stream.
@@ -260,7 +270,7 @@ class Graph:
         if not inputs:
             raise DefinitionValueError("merge needs at least one input")
         spec = MergeSpec(name=name, buffer=buffer)
-        ins = tuple(self._check_input(x, f"inputs[{i}]") for i, x in enumerate(inputs))
+        ins = tuple(self._check_input(x, f"inputs[{i}]", spec) for i, x in enumerate(inputs))
         return Node(self, self._append(spec, ins), spec.operator)
 
     def zip(
@@ -277,7 +287,7 @@ class Graph:
         if len(inputs) < 2:
             raise DefinitionValueError(f"zip needs at least two inputs, got {len(inputs)}")
         spec = ZipSpec(name=name, buffer=buffer)
-        ins = tuple(self._check_input(x, f"inputs[{i}]") for i, x in enumerate(inputs))
+        ins = tuple(self._check_input(x, f"inputs[{i}]", spec) for i, x in enumerate(inputs))
         return Node(self, self._append(spec, ins), spec.operator)
 
     # -- running --------------------------------------------------------------------------------

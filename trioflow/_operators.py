@@ -81,7 +81,9 @@ def from_iterable(iterable: Iterable[T], *, name: str | None = None) -> Flow[T]:
     * backpressure: it is not iterated further while the next edge is full;
     * completes: when the iterable is exhausted;
     * cancelled: by the run's cancellation or when downstream stops (``take``);
-    * on error: an exception from iteration fails the run, noted with the source's name.
+    * on error: an exception from iteration fails the run, noted with the source's name;
+      an iterator (``iter(x) is x``: a generator) that an earlier run took, or a generator
+      that has finished, fails the run with ``SourceConsumedError``.
 
     Iteration runs on the Trio thread: an iterator that blocks blocks the run.
     """
@@ -110,7 +112,8 @@ def from_channel(channel: trio.abc.ReceiveChannel[T], *, name: str | None = None
     * completes: when every sender closed the channel (``EndOfChannel``);
     * cancelled: by the run; the channel is closed on every exit path, so senders get
       ``BrokenResourceError`` once the run has stopped listening;
-    * on error: an exception from ``receive`` fails the run.
+    * on error: an exception from ``receive`` fails the run, noted with the source's name;
+      a second run over the same channel fails with ``SourceConsumedError``.
     """
     return Flow(source=ChannelSource(channel=channel, name=name))
 

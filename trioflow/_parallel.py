@@ -33,7 +33,7 @@ import attrs
 import outcome
 import trio
 
-from ._callables import CallKind, classify
+from ._callables import CallKind, check_call, classify
 from ._errors import DefinitionTypeError, DefinitionValueError, TrioflowError
 from ._policies import FAIL, OnError, Retry
 from ._stage import MapStage, Stage, check_int, check_seconds
@@ -409,4 +409,5 @@ def _branch(fn: object, label: str, argument: str) -> _Branch:
             f"{argument} must be a plain or async function, got a {kind.value} function {fn!r}"
         )
     assert callable(fn)
+    check_call(fn, "parallel", "fn(item)", argument=argument.removesuffix(" of parallel"))
     return _Branch(label=label, fn=fn, is_async=kind is CallKind.ASYNC)

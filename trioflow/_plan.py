@@ -27,12 +27,15 @@ must be explicit), a node whose output goes nowhere, and ports that do not fit.
 from __future__ import annotations
 
 import itertools
+import os
+import sys
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import attrs
 
-from ._errors import DefinitionValueError
+from ._errors import DefinitionValueError, FusedStageWarning
 from ._overflow import Overflow, Unbounded
 from ._stage import Chain, Composite, FanIn, Junction, Lifecycle, MergeSpec, RouteSpec, Sink, Source, Stage
 
@@ -347,6 +350,8 @@ def plan_graph(
 
     segs: list[_Seg] = []
     seg_of: dict[int, int] = {}
+    # (node, producer) of fused stages whose buffer=/overflow= no edge will use
+    inert_edges: list[tuple[int, int]] = []
     # (consumer segment, input slot) waiting for an edge: filled after segmentation
     wanted: list[tuple[int, int, int, Hashable | None]] = []  # (seg, producer node, consumer node, port)
 
@@ -391,6 +396,8 @@ def plan_graph(
         if spec.inline and fusable_after:
             s = segs[seg_of[pi]]
             s.nodes.append(ci)
+            if spec.buffer is not None or spec.overflow is not Overflow.BLOCK:
+                inert_edges.append((ci, pi))
         else:
             s = new_seg(spec.inline)
             s.nodes.append(ci)
@@ -458,6 +465,9 @@ def plan_graph(
         return PlanNode(name=names[i], operator=spec.operator, lifecycle=spec.lifecycle,
                         fused=fused, spec=spec)
 
+    if inert_edges:
+        _warn_fused([(names[ci], gnodes[ci].spec, names[pi]) for ci, pi in inert_edges])
+
     plan_segments = []
     for s in segs:
         nodes = tuple(pnode(n, s.pass_head or k > 0) for k, n in enumerate(s.nodes))
@@ -470,6 +480,28 @@ def plan_graph(
         ))
     return Plan(segments=tuple(plan_segments), edges=tuple(edges), chunk_size=chunk_size,
                 open_end=open_end is not None)
+
+
+def _warn_fused(stages: list[tuple[str, Any, str]]) -> None:
+    """One warning per plan for the fused stages given ``buffer=``/``overflow=``, pointing
+    at the caller's line (the first frame outside trioflow)."""
+    parts = []
+    for name, spec, producer in stages:
+        given = [f"buffer={spec.buffer!r}"] if spec.buffer is not None else []
+        if spec.overflow is not Overflow.BLOCK:
+            given.append(f"overflow={spec.overflow!r}")
+        parts.append(f"{name!r} ({', '.join(given)}) runs fused in the task of {producer!r}")
+    package = os.path.dirname(__file__)
+    frame, level = sys._getframe(), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(
+        f"{'; '.join(parts)}: no edge feeds a fused stage, so buffer= and overflow= do nothing "
+        "there. Give them to the next stage that reads an edge (an async or pooled stage, a "
+        "stage on a backend, or one after a fan-out), or leave them out",
+        FusedStageWarning,
+        stacklevel=level,
+    )
 
 
 def plan(

@@ -37,6 +37,7 @@ from typing import Any, final
 import attrs
 import trio
 
+from ._callables import check_call
 from ._errors import DefinitionTypeError, DefinitionValueError, annotate, short_repr
 
 logger = logging.getLogger("trioflow")
@@ -73,7 +74,10 @@ class Collect(OnError):
 
 
 def _check_target(instance: Any, attribute: Any, value: object) -> None:
-    if isinstance(value, list | trio.MemorySendChannel | str | os.PathLike) or callable(value):
+    if isinstance(value, list | trio.MemorySendChannel | str | os.PathLike):
+        return
+    if callable(value):
+        check_call(value, "DeadLetter", "target(entry)")
         return
     raise DefinitionTypeError(
         f"target of DeadLetter must be a list, a trio MemorySendChannel, a function or a path, "
@@ -172,6 +176,8 @@ class Retry:
                 raise DefinitionTypeError(f"on of Retry must be exception types or a predicate, got {on!r}")
         elif not callable(on):
             raise DefinitionTypeError(f"on of Retry must be exception types or a predicate, got {on!r}")
+        else:
+            check_call(on, "Retry", "on(exception)")
 
     def retries(self, exc: BaseException) -> bool:
         on = self.on

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from ._backends import Backend
-from ._callables import CallKind, classify
+from ._callables import CallKind, check_call, classify, returns_async_iterable
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._overflow import Overflow, Unbounded
 from ._policies import FAIL, DeadLetter, Fail, OnError, Restart, Retry, check_policies
@@ -298,6 +298,8 @@ class FnStage(Stage[In, Out]):
 
     allowed_kinds: ClassVar[frozenset[CallKind]] = frozenset({CallKind.SYNC, CallKind.ASYNC})
     runs_user_code: ClassVar[bool] = True
+    #: how the stage calls ``fn`` (checked against its signature at definition)
+    call: ClassVar[str] = "fn(item)"
 
     def __attrs_post_init__(self) -> None:
         kind = classify(self.fn, "fn")
@@ -306,6 +308,7 @@ class FnStage(Stage[In, Out]):
                 f"fn of {self.operator} must be a plain or async function, got a {kind.value} "
                 f"function {self.fn!r}"
             )
+        check_call(self.fn, self.operator, self.call)
         object.__setattr__(self, "kind", kind)
         if self.backend is not None:
             _check_backend(self)
@@ -346,6 +349,12 @@ class Adaptive:
         object.__setattr__(self, "idle", check_seconds("idle", self.idle))
 
 
+def _is_context_manager(value: object) -> bool:
+    """An instance (not a class) of a context manager: a resource built once, where a
+    factory was wanted (``asynccontextmanager`` objects are callable, as decorators)."""
+    return not isinstance(value, type) and (hasattr(value, "__aenter__") or hasattr(value, "__enter__"))
+
+
 def check_workers(argument: str, value: object) -> int:
     """Validate an int or ``Adaptive`` worker count; return the maximum."""
     if isinstance(value, Adaptive):
@@ -375,8 +384,23 @@ class MapStage(FnStage[In, Out]):
                 f"concurrency={self.concurrency!r} needs an async fn: a sync fn {self.fn!r} "
                 "would block the Trio thread (use concurrency=1, or an async function)"
             )
-        if self.key is not None and classify(self.key, "key") is not CallKind.SYNC:
-            raise DefinitionTypeError(f"key must be a plain function, got {self.key!r}")
+        if self.key is not None:
+            if classify(self.key, "key") is not CallKind.SYNC:
+                raise DefinitionTypeError(f"key must be a plain function, got {self.key!r}")
+            check_call(self.key, self.operator, "key(item)")
+        if self.kind is not CallKind.ASYNC and self.backend is None:
+            # a plain function on the Trio thread: one call at a time, in input order. (With
+            # a backend, even Inline(), the options stay valid: the backend may come from
+            # configuration, as a concurrency of 1 may for an async fn.)
+            inert = [("ordered=False", not self.ordered), ("window", self.window is not None),
+                     ("key", self.key is not None)]
+            for argument, given in inert:
+                if given:
+                    raise DefinitionValueError(
+                        f"{argument} does nothing on the plain function {self.fn!r}: it runs one "
+                        "call at a time on the Trio thread, in input order (give an async fn "
+                        "with concurrency=N, or backend=Threads(...)/Processes(...))"
+                    )
         check_int("per_key", self.per_key, minimum=1)
         if self.per_key > 1 and self.key is None:
             raise DefinitionValueError(f"per_key={self.per_key} needs key=")
@@ -450,6 +474,16 @@ class FlatMapStage(FnStage[In, Out]):
     operator: ClassVar[str] = "flat_map"
     allowed_kinds: ClassVar[frozenset[CallKind]] = frozenset(CallKind)
 
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.kind in (CallKind.SYNC, CallKind.ASYNC) and returns_async_iterable(self.fn):
+            raise DefinitionTypeError(
+                f"fn of flat_map is a {self.kind.value} function that returns an async iterable "
+                f"({self.fn!r}), but its result is iterated with `for`, not `async for`: write fn "
+                "as an async generator function (async def with yield; `async for x in it: "
+                "yield x` hands on another async iterable)"
+            )
+
 
 @attrs.frozen(kw_only=True)
 class TapStage(FnStage[T, T]):
@@ -466,6 +500,7 @@ class ScanStage(FnStage[In, Out]):
     initial: Any = None
 
     operator: ClassVar[str] = "scan"
+    call: ClassVar[str] = "fn(acc, item)"
 
 
 @attrs.frozen(kw_only=True)
@@ -539,11 +574,19 @@ class PersistentStage(Stage[In, Out]):
                 f"got {self.fn!r}"
             )
         object.__setattr__(self, "kind", kind)
+        check_call(self.fn, self.operator, "fn(resource, item)")
+        if _is_context_manager(self.resource):
+            raise DefinitionTypeError(
+                f"resource must be a factory that builds an async context manager (each worker "
+                f"calls it once), got the context manager {self.resource!r} itself: pass the "
+                f"function, resource=open_thing, not resource=open_thing()"
+            )
         if not callable(self.resource):
             raise DefinitionTypeError(
                 f"resource must be a callable returning an async context manager, "
                 f"got {self.resource!r}"
             )
+        check_call(self.resource, self.operator, "resource()")
         top = check_workers("workers", self.workers)
         check_bool("ordered", self.ordered)
         check_window(self.window, top)
@@ -569,6 +612,7 @@ class OnDemandStage(Stage[In, Out]):
         super().__attrs_post_init__()
         if not callable(self.factory):
             raise DefinitionTypeError(f"factory must be callable, got {self.factory!r}")
+        check_call(self.factory, self.operator, "factory()")
         check_int("limit", self.limit, minimum=1)
         check_bool("ordered", self.ordered)
         check_window(self.window, self.limit)
@@ -590,6 +634,7 @@ class ContinuousStage(Stage[In, Out]):
             raise DefinitionTypeError(
                 f"fn of continuous must be an async function (items, emit) -> None, got {self.fn!r}"
             )
+        check_call(self.fn, self.operator, "fn(items, emit)")
 
 
 # -- sinks --------------------------------------------------------------------------------------
@@ -611,6 +656,7 @@ class FnSink(Sink[In, None]):
             raise DefinitionTypeError(
                 f"fn of sink must be a plain or async function, got a {kind.value} function"
             )
+        check_call(self.fn, self.operator, "fn(item)")
         object.__setattr__(self, "kind", kind)
         if self.backend is not None:
             _check_backend(self)
@@ -661,6 +707,7 @@ class ReduceSink(Sink[In, Any]):
         kind = classify(self.fn, "fn")
         if kind not in (CallKind.SYNC, CallKind.ASYNC):
             raise DefinitionTypeError(f"fn of reduce must be a plain or async function, got {kind.value}")
+        check_call(self.fn, self.operator, "fn(acc, item)")
         object.__setattr__(self, "kind", kind)
         if self.backend is not None:
             _check_backend(self)
@@ -679,9 +726,27 @@ class ReduceSink(Sink[In, Any]):
 # -- sources ------------------------------------------------------------------------------------
 
 
+class OneShot:
+    """Whether a run has taken a one-shot source (an iterator, a channel) of a spec: the
+    one mutable part of a frozen source spec, so that a second run of the same flow fails
+    instead of finding the source empty."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self) -> None:
+        self.taken = False
+
+    def take(self) -> bool:
+        """Mark the source taken; False if a run had taken it before."""
+        first = not self.taken
+        self.taken = True
+        return first
+
+
 @attrs.frozen(kw_only=True)
 class IterableSource(Source[T]):
     iterable: Iterable[T]
+    once: OneShot = attrs.field(factory=OneShot, init=False, repr=False, eq=False)
 
     operator: ClassVar[str] = "from_iterable"
 
@@ -694,6 +759,7 @@ class IterableSource(Source[T]):
 @attrs.frozen(kw_only=True)
 class AsyncIterableSource(Source[T]):
     iterable: AsyncIterable[T]
+    once: OneShot = attrs.field(factory=OneShot, init=False, repr=False, eq=False)
 
     operator: ClassVar[str] = "from_async_iterable"
 
@@ -706,6 +772,7 @@ class AsyncIterableSource(Source[T]):
 @attrs.frozen(kw_only=True)
 class ChannelSource(Source[T]):
     channel: trio.abc.ReceiveChannel[T]
+    once: OneShot = attrs.field(factory=OneShot, init=False, repr=False, eq=False)
 
     operator: ClassVar[str] = "from_channel"
 
@@ -746,6 +813,10 @@ class TaskSource(Source[T]):
         from ._callables import accepts_keyword
 
         object.__setattr__(self, "wants_status", accepts_keyword(self.fn, "task_status"))
+        if self.wants_status:
+            check_call(self.fn, self.operator, "fn(emit, task_status=...)", keywords=("task_status",))
+        else:
+            check_call(self.fn, self.operator, "fn(emit)")
         if self.restart is not None and not isinstance(self.restart, Restart):
             raise DefinitionTypeError(f"restart must be a Restart(...) or None, got {self.restart!r}")
 
@@ -820,6 +891,7 @@ class RouteSpec(Junction):
         super().__attrs_post_init__()
         if classify(self.key, "key") is not CallKind.SYNC:
             raise DefinitionTypeError(f"key of route must be a plain function, got {self.key!r}")
+        check_call(self.key, self.operator, "key(item)")
 
 
 @attrs.frozen(kw_only=True)

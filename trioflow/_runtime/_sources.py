@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar, final
 import trio
 from trio.lowlevel import checkpoint
 
+from .._errors import SourceConsumedError
 from .._plan import PlanNode
 from .._policies import Supervisor
 from .._stage import (
@@ -52,9 +53,36 @@ class ChunkSizer:
             self.size //= 2
 
 
+_ONE_SHOT = {
+    "from_iterable": "an iterator",
+    "from_async_iterable": "an async iterator",
+    "from_channel": "a channel (a run owns its channel and closes it when it ends)",
+}
+
+
+def _take_one_shot(
+    head: Head, spec: IterableSource[Any] | AsyncIterableSource[Any] | ChannelSource[Any], it: object
+) -> None:
+    """A run starts a one-shot source: fail, noted with the source stage, if an earlier run
+    took it or it is a generator that has already finished (it would yield nothing)."""
+    finished = getattr(it, "gi_frame", getattr(it, "ag_frame", False)) is None
+    if spec.once.take() and not finished:
+        return
+    what = _ONE_SHOT.get(spec.operator, "a one-shot source")
+    exc = SourceConsumedError(
+        f"source {head.name!r} is {what} that "
+        f"{'has already finished' if finished else 'an earlier run took'}: a one-shot source "
+        "runs once. Build the flow anew for each run (over a fresh iterator or channel), or "
+        "give from_iterable a collection that can be iterated again (a list, a range)"
+    )
+    head.failed(exc, None, has_item=False)
+    raise exc
+
+
 class IterableHead(Head):
     def __init__(self, node: PlanNode, spec: IterableSource[Any]) -> None:
         super().__init__(node)
+        self.spec = spec
         self.iterable = spec.iterable
 
     async def run(self, seg: Segment, status: _Status) -> None:
@@ -68,6 +96,8 @@ class IterableHead(Head):
         except Exception as exc:
             self.failed(exc, None, has_item=False)
             raise
+        if it is self.iterable:
+            _take_one_shot(self, self.spec, it)
         while not seg.draining:
             started = clock()
             try:
@@ -86,6 +116,7 @@ class IterableHead(Head):
 class AsyncIterableHead(Head):
     def __init__(self, node: PlanNode, spec: AsyncIterableSource[Any]) -> None:
         super().__init__(node)
+        self.spec = spec
         self.iterable = spec.iterable
 
     async def run(self, seg: Segment, status: _Status) -> None:
@@ -95,6 +126,8 @@ class AsyncIterableHead(Head):
         except Exception as exc:
             self.failed(exc, None, has_item=False)
             raise
+        if it is self.iterable:
+            _take_one_shot(self, self.spec, it)
         try:
             emit = seg.emit
             n = 0
@@ -123,18 +156,21 @@ class AsyncIterableHead(Head):
     async def release(self) -> None:
         aclose = getattr(self.iterable, "aclose", None)  # an iterator that is its own aiter
         if aclose is not None:
+            self.spec.once.take()  # closed: a later run would find nothing
             await _bounded_shielded(aclose)
 
 
 class ChannelHead(Head):
     def __init__(self, node: PlanNode, spec: ChannelSource[Any]) -> None:
         super().__init__(node)
+        self.spec = spec
         self.channel = spec.channel
 
     async def run(self, seg: Segment, status: _Status) -> None:
         status.started()
         channel = self.channel
         nowait = getattr(channel, "receive_nowait", None)
+        _take_one_shot(self, self.spec, channel)  # before the try: never close another run's channel
         try:
             while True:
                 try:
@@ -144,6 +180,9 @@ class ChannelHead(Head):
                         return
                 except trio.EndOfChannel:
                     return
+                except Exception as exc:  # a channel closed elsewhere, say: name the stage
+                    self.failed(exc, None, has_item=False)
+                    raise
                 chunk = [first]
                 if nowait is not None:
                     try:
@@ -158,6 +197,7 @@ class ChannelHead(Head):
 
     async def release(self) -> None:
         # the run owns the channel: closing it tells the producer nobody listens any more
+        self.spec.once.take()
         close = getattr(self.channel, "close", None)
         if close is not None:
             close()
