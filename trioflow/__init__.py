@@ -43,7 +43,19 @@ from ._operators import (
     batch as batch,
 )
 from ._operators import (
+    concat as concat,
+)
+from ._operators import (
     continuous as continuous,
+)
+from ._operators import (
+    distinct as distinct,
+)
+from ._operators import (
+    distinct_until_changed as distinct_until_changed,
+)
+from ._operators import (
+    enumerate as enumerate,
 )
 from ._operators import (
     filter as filter,
@@ -85,10 +97,19 @@ from ._operators import (
     skip as skip,
 )
 from ._operators import (
+    skip_while as skip_while,
+)
+from ._operators import (
     source as source,
 )
 from ._operators import (
+    start_with as start_with,
+)
+from ._operators import (
     take as take,
+)
+from ._operators import (
+    take_last as take_last,
 )
 from ._operators import (
     take_while as take_while,
@@ -204,7 +225,11 @@ __all__ = [
     "Unbounded",
     "UnroutableError",
     "batch",
+    "concat",
     "continuous",
+    "distinct",
+    "distinct_until_changed",
+    "enumerate",
     "filter",
     "flat_map",
     "fork_join",
@@ -222,8 +247,11 @@ __all__ = [
     "scan",
     "sink",
     "skip",
+    "skip_while",
     "source",
+    "start_with",
     "take",
+    "take_last",
     "take_while",
     "tap",
     "to_list",

@@ -16,18 +16,23 @@ from trio.lowlevel import checkpoint_if_cancelled
 from .._callables import CallKind
 from .._ops import (
     Batcher,
+    KeyMemory,
+    LastKey,
 )
 from .._plan import PlanNode
 from .._stage import (
     DROPPED,
     BatchStage,
     ContinuousStage,
+    DistinctStage,
+    DistinctUntilChangedStage,
     FilterStage,
     FlatMapStage,
     FnSink,
     MapStage,
     ReduceSink,
     ScanStage,
+    SkipWhileStage,
     TakeWhileStage,
     TapStage,
 )
@@ -129,6 +134,25 @@ class AsyncEachHead(Head):
                     await seg.stop_here(-1)
                 self.n_out += 1
                 await emit([item])
+        elif isinstance(spec, SkipWhileStage):
+            skipping = True
+
+            async def step(item: Any) -> None:
+                nonlocal skipping
+                if skipping:
+                    if await fn(item):
+                        return
+                    skipping = False  # fn is not called again
+                self.n_out += 1
+                await emit([item])
+        elif isinstance(spec, DistinctStage | DistinctUntilChangedStage):
+            keep = (KeyMemory(spec.max_keys).first if isinstance(spec, DistinctStage)
+                    else LastKey().changed)
+
+            async def step(item: Any) -> None:
+                if keep(await fn(item)):
+                    self.n_out += 1
+                    await emit([item])
         elif isinstance(spec, ScanStage):
             async def step(item: Any) -> None:
                 self.acc = await fn(self.acc, item)
