@@ -127,9 +127,12 @@ from ._overflow import Unbounded as Unbounded
 from ._parallel import AllOrNothing as AllOrNothing
 from ._parallel import AtLeast as AtLeast
 from ._parallel import BestEffort as BestEffort
+from ._parallel import Error as Error
 from ._parallel import FirstK as FirstK
+from ._parallel import Outcome as Outcome
 from ._parallel import ParallelBlockError as ParallelBlockError
 from ._parallel import ParallelPolicy as ParallelPolicy
+from ._parallel import Value as Value
 from ._parallel import parallel as parallel
 from ._plan import DEFAULT as DEFAULT
 from ._plan import Plan as Plan
@@ -187,6 +190,7 @@ __all__ = [
     "EdgeOverflowError",
     "EdgeStatistics",
     "Emit",
+    "Error",
     "Fail",
     "FirstK",
     "Flow",
@@ -197,6 +201,7 @@ __all__ = [
     "Lifecycle",
     "Node",
     "OnError",
+    "Outcome",
     "Overflow",
     "ParallelBlockError",
     "ParallelPolicy",
@@ -224,6 +229,7 @@ __all__ = [
     "UNBOUNDED",
     "Unbounded",
     "UnroutableError",
+    "Value",
     "batch",
     "concat",
     "continuous",
