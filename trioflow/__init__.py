@@ -49,7 +49,19 @@ from ._operators import (
     batch as batch,
 )
 from ._operators import (
+    concat as concat,
+)
+from ._operators import (
     continuous as continuous,
+)
+from ._operators import (
+    distinct as distinct,
+)
+from ._operators import (
+    distinct_until_changed as distinct_until_changed,
+)
+from ._operators import (
+    enumerate as enumerate,
 )
 from ._operators import (
     filter as filter,
@@ -91,10 +103,19 @@ from ._operators import (
     skip as skip,
 )
 from ._operators import (
+    skip_while as skip_while,
+)
+from ._operators import (
     source as source,
 )
 from ._operators import (
+    start_with as start_with,
+)
+from ._operators import (
     take as take,
+)
+from ._operators import (
+    take_last as take_last,
 )
 from ._operators import (
     take_while as take_while,
@@ -112,9 +133,12 @@ from ._overflow import Unbounded as Unbounded
 from ._parallel import AllOrNothing as AllOrNothing
 from ._parallel import AtLeast as AtLeast
 from ._parallel import BestEffort as BestEffort
+from ._parallel import Error as Error
 from ._parallel import FirstK as FirstK
+from ._parallel import Outcome as Outcome
 from ._parallel import ParallelBlockError as ParallelBlockError
 from ._parallel import ParallelPolicy as ParallelPolicy
+from ._parallel import Value as Value
 from ._parallel import parallel as parallel
 from ._plan import DEFAULT as DEFAULT
 from ._plan import Plan as Plan
@@ -173,6 +197,7 @@ __all__ = [
     "EdgeOverflowError",
     "EdgeStatistics",
     "Emit",
+    "Error",
     "Fail",
     "FirstK",
     "Flow",
@@ -183,6 +208,7 @@ __all__ = [
     "Lifecycle",
     "Node",
     "OnError",
+    "Outcome",
     "Overflow",
     "ParallelBlockError",
     "ParallelPolicy",
@@ -211,8 +237,13 @@ __all__ = [
     "UNBOUNDED",
     "Unbounded",
     "UnroutableError",
+    "Value",
     "batch",
+    "concat",
     "continuous",
+    "distinct",
+    "distinct_until_changed",
+    "enumerate",
     "filter",
     "flat_map",
     "fork_join",
@@ -230,8 +261,11 @@ __all__ = [
     "scan",
     "sink",
     "skip",
+    "skip_while",
     "source",
+    "start_with",
     "take",
+    "take_last",
     "take_while",
     "tap",
     "to_list",

@@ -90,6 +90,8 @@ def lift(stage: Stage[Any, Any], argument: str) -> Stage[Any, Any]:
         key = stage.key
         lifted_key = None if key is None else (lambda env: None if env[1] is DROPPED else key(env[1]))
         return attrs.evolve(stage, fn=lifted, key=lifted_key, envelope=True)
+    if isinstance(stage, FilterStage | TapStage) and stage.pooled and not stage.ordered:
+        raise DefinitionValueError(f"{bad} with ordered=False: a branch must keep item order")
     if isinstance(stage, FilterStage):
         pred = stage.fn
         if stage.kind is CallKind.ASYNC:
@@ -100,7 +102,8 @@ def lift(stage: Stage[Any, Any], argument: str) -> Stage[Any, Any]:
         else:
             def keep(env: Env) -> Env:  # type: ignore[misc]
                 return env if env[1] is DROPPED or pred(env[1]) else (env[0], DROPPED)
-        return _LiftedFilter(fn=keep, name=stage.name, buffer=stage.buffer, overflow=stage.overflow,
+        return _LiftedFilter(fn=keep, concurrency=stage.concurrency if stage.pooled else 1,
+                             name=stage.name, buffer=stage.buffer, overflow=stage.overflow,
                              on_error=stage.on_error, retry=stage.retry, timeout=stage.timeout,
                              envelope=True)
     if isinstance(stage, TapStage):

@@ -5,7 +5,8 @@ it completes, what cancels it, and what it does on error. "Fused" means the stag
 inside its upstream neighbour's task (no channel hop); see ``docs/design.md``.
 
 Every operator that runs user code per item (map, filter, flat_map, tap, take_while,
-scan, persistent, on_demand, sink, reduce) also takes the error policies, as data:
+skip_while, distinct, distinct_until_changed, scan, persistent, on_demand, sink, reduce)
+also takes the error policies, as data:
 ``on_error=Fail()`` (default: fail fast) / ``Skip()`` / ``DeadLetter(target)`` /
 ``Collect()``, ``retry=Retry(attempts, backoff=Backoff(...), on=...)`` and ``timeout=``
 seconds per call (async functions, or any function on a worker backend). "On error" in
@@ -18,6 +19,9 @@ fused.
 also take ``backend=`` (``Threads``,
 ``Processes``, ``Dask``; ``Inline()`` is the default): a plain function then runs off the
 Trio thread, a chunk of items per call, and the stage is never fused (``docs/backends.md``).
+``skip_while``, ``distinct`` and ``distinct_until_changed`` keep state between items on the
+Trio thread and refuse a worker backend at definition. ``map``, ``filter``, ``tap``,
+``flat_map`` and ``sink`` take ``concurrency=N`` (async functions: one worker pool).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any, TypeGuard, TypeVar, overload
 import trio
 
 from ._backends import Backend
+from ._errors import DefinitionTypeError
 from ._flow import Flow
 from ._overflow import Overflow, Unbounded
 from ._policies import FAIL, OnError, Restart, Retry
@@ -45,7 +50,11 @@ from ._stage import (
     AsyncIterableSource,
     BatchStage,
     ChannelSource,
+    ConcatSource,
     ContinuousStage,
+    DistinctStage,
+    DistinctUntilChangedStage,
+    EnumerateStage,
     FilterStage,
     FlatMapStage,
     FnSink,
@@ -59,17 +68,34 @@ from ._stage import (
     ScanStage,
     Sink,
     SkipStage,
+    SkipWhileStage,
     Stage,
+    StartWithStage,
+    TakeLastStage,
     TakeStage,
     TakeWhileStage,
     TapStage,
     TaskSource,
+    identity,
 )
 
 T = TypeVar("T")
 U = TypeVar("U")
 A = TypeVar("A")
 Res = TypeVar("Res")
+
+@overload
+def _concurrency(concurrency: int | None, backend: Backend | None) -> int: ...
+@overload
+def _concurrency(concurrency: Adaptive, backend: Backend | None) -> Adaptive: ...
+@overload
+def _concurrency(concurrency: int | Adaptive | None, backend: Backend | None) -> int | Adaptive: ...
+def _concurrency(concurrency: int | Adaptive | None, backend: Backend | None) -> int | Adaptive:
+    """``concurrency=None``: the backend's default number of calls in flight, else 1."""
+    if concurrency is not None:
+        return concurrency
+    return backend.default_concurrency if isinstance(backend, Backend) else 1
+
 
 # ---------------------------------------------------------------------------------- sources
 
@@ -153,6 +179,34 @@ def source(
       emitting into the same pipeline.
     """
     return Flow(source=TaskSource(fn=fn, name=name, restart=restart))
+
+
+def concat(*flows: Flow[T], name: str | None = None) -> Flow[T]:
+    """A flow of the items of ``flows``, one flow after another: the second starts only
+    once the first completed. It is a source: go on with ``|``
+    (``concat(a, b) | map(f)``), and use it as a flow inside another ``concat``.
+
+    Each flow runs as a nested run inside this source's task, its edges as large as this
+    source's output edge; its stages do not appear in the outer run's ``statistics()``
+    (the concat source counts the items it handed on). A flow can be any ``Flow``, with
+    stages of its own (``concat(from_iterable(header), body | map(f))``).
+
+    * emits: the items of the first flow in its order, then those of the second ...;
+    * backpressure: the running flow is not read while the next edge is full, so its
+      own edges fill and its source waits;
+    * completes: when the last flow completed;
+    * cancelled: by the run or when downstream stops: the flow under way is cancelled and
+      later flows never start; a drain drains the flow under way and starts no later one;
+    * on error: an error in a flow fails the run, noted with the stage inside that flow
+      and with "in flow #i of 'concat'".
+    """
+    for index, flow in builtins.enumerate(flows):
+        if not isinstance(flow, Flow):
+            raise DefinitionTypeError(
+                f"flows: argument #{index} of concat must be a Flow (a source with stages, no "
+                f"sink), got {flow!r}"
+            )
+    return Flow(source=ConcatSource(flows=flows, name=name))
 
 
 # ----------------------------------------------------------------------------------- stages
@@ -241,16 +295,16 @@ def map(
     (refused at definition). Cancellation abandons thread calls (their results are
     discarded), kills process jobs and cancels Dask futures; see ``docs/backends.md``.
     """
-    if concurrency is None:
-        concurrency = backend.default_concurrency if isinstance(backend, Backend) else 1
-    return MapStage(fn=fn, concurrency=concurrency, ordered=ordered, window=window, key=key,
-                    per_key=per_key, backend=backend, name=name, buffer=buffer, overflow=overflow,
+    return MapStage(fn=fn, concurrency=_concurrency(concurrency, backend), ordered=ordered,
+                    window=window, key=key, per_key=per_key, backend=backend, name=name,
+                    buffer=buffer, overflow=overflow,
         on_error=on_error, retry=retry, timeout=timeout)
 
 
 @overload
 def filter(
-    fn: Callable[[T], TypeGuard[U]], *, name: str | None = None, buffer: int | Unbounded | None = None,
+    fn: Callable[[T], TypeGuard[U]], *, concurrency: int | None = None, ordered: bool = True,
+    name: str | None = None, buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
     on_error: OnError = FAIL,
     retry: Retry | None = None,
@@ -261,6 +315,8 @@ def filter(
 def filter(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
     *,
+    concurrency: int | None = None,
+    ordered: bool = True,
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
@@ -272,6 +328,8 @@ def filter(
 def filter(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
     *,
+    concurrency: int | None = None,
+    ordered: bool = True,
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
@@ -283,13 +341,20 @@ def filter(
     """Keep the items for which ``fn(item)`` is true (plain functions are fused). A
     ``TypeGuard`` predicate narrows the item type for the rest of the chain.
 
-    * emits: each kept item, in order;
-    * backpressure: no item is tested while the next edge is full;
-    * completes: when the input completes;
-    * cancelled: by the run or when downstream stops;
+    ``concurrency=N`` tests up to N items at once with an async ``fn``, in the worker pool
+    of ``map(concurrency=N)`` (same window and backpressure); a dropped item keeps its
+    place, so ``ordered=True`` hands the kept ones on in input order. With ``backend=``,
+    ``concurrency`` is the number of backend calls in flight (default: its ``limit``).
+
+    * emits: each kept item, in input order (``ordered=False``: as soon as it is tested);
+    * backpressure: no item is tested while the next edge is full; with ``concurrency``,
+      as ``map(concurrency=N)``;
+    * completes: when the input completes and every test finished;
+    * cancelled: by the run or when downstream stops; tests under way are cancelled;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return FilterStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
+    return FilterStage(fn=fn, concurrency=_concurrency(concurrency, backend), ordered=ordered,
+        name=name, buffer=buffer, overflow=overflow,
         on_error=on_error, retry=retry, timeout=timeout,
         backend=backend)
 
@@ -298,6 +363,9 @@ def flat_map(
     fn: Callable[[T], Iterable[U]] | Callable[[T], AsyncIterator[U]]
     | Callable[[T], Awaitable[Iterable[U]]],
     *,
+    concurrency: int | None = None,
+    ordered: bool = True,
+    inner_buffer: int | None = None,
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
@@ -309,13 +377,27 @@ def flat_map(
     """Replace each item by the items of ``fn(item)``: a function returning an iterable,
     a generator function, an async function returning an iterable, or an async generator.
 
-    * emits: the produced items in order, item by item for async generators;
-    * backpressure: an async generator is not advanced while the next edge is full;
+    ``concurrency=N`` (an async function or async generator) runs up to N items at once in
+    the worker pool of ``map(concurrency=N)``. Ordered (the default), the outputs of each
+    item are handed on after all outputs of the items before it; an async generator whose
+    item's turn has not come is advanced until it holds ``inner_buffer`` outputs (default
+    64) and then waits, so at most about ``window * inner_buffer`` outputs are held (window:
+    2·N items). Unordered, each output is handed on as soon as it is produced (outputs of
+    different items interleave). Under an error policy (``on_error``, ``retry``,
+    ``timeout``) an async generator's outputs are collected whole before any is handed on,
+    so a failed item is retried or skipped whole and never emitted in part.
+
+    * emits: the produced items in order, item by item for async generators; with
+      ``concurrency``, in input order of their items unless ``ordered=False``;
+    * backpressure: an async generator is not advanced while the next edge is full (nor,
+      ordered under ``concurrency``, while it holds ``inner_buffer`` outputs before its
+      turn); items are admitted as in ``map(concurrency=N)``;
     * completes: when the input completes and the last iterable is exhausted;
     * cancelled: by the run or when downstream stops; an async generator is closed;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return FlatMapStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
+    return FlatMapStage(fn=fn, concurrency=_concurrency(concurrency, backend), ordered=ordered,
+        inner_buffer=inner_buffer, name=name, buffer=buffer, overflow=overflow,
         on_error=on_error, retry=retry, timeout=timeout,
         backend=backend)
 
@@ -323,6 +405,8 @@ def flat_map(
 def tap(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
     *,
+    concurrency: int | None = None,
+    ordered: bool = True,
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
@@ -333,13 +417,18 @@ def tap(
 ) -> Stage[T, T]:
     """Call ``fn(item)`` for its side effect and pass the item on unchanged.
 
-    * emits: every item, in order, after ``fn`` returned for it;
-    * backpressure: as ``map``;
-    * completes: when the input completes;
-    * cancelled: by the run or when downstream stops;
+    ``concurrency=N`` calls an async ``fn`` on up to N items at once (the pool of
+    ``map(concurrency=N)``); ``ordered=False`` then hands each item on as soon as its call
+    returned.
+
+    * emits: every item, in order (unless ``ordered=False``), after ``fn`` returned for it;
+    * backpressure: as ``map`` (with ``concurrency``, as ``map(concurrency=N)``);
+    * completes: when the input completes and every call finished;
+    * cancelled: by the run or when downstream stops; calls under way are cancelled;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return TapStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
+    return TapStage(fn=fn, concurrency=_concurrency(concurrency, backend), ordered=ordered,
+        name=name, buffer=buffer, overflow=overflow,
         on_error=on_error, retry=retry, timeout=timeout,
         backend=backend)
 
@@ -391,6 +480,141 @@ def take_while(
     return TakeWhileStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
         on_error=on_error, retry=retry, timeout=timeout,
         backend=backend)
+
+
+def skip_while(
+    fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
+    *,
+    name: str | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    backend: Backend | None = None,
+) -> Stage[T, T]:
+    """Drop items while ``fn(item)`` is true; from the first false one on, pass every item
+    (``fn`` is not called again). A plain ``fn`` is fused; an async one runs in a task.
+
+    ``backend=`` other than ``Inline()`` is refused: whether the prefix is over is state
+    on the Trio thread.
+
+    * emits: the first item for which ``fn`` is false and every item after it, in order;
+    * backpressure: as ``filter``;
+    * completes: when the input completes;
+    * cancelled: by the run or when downstream stops;
+    * on error: the exception fails the run, noted with stage and item; with ``Skip`` or
+      ``DeadLetter`` the failed item is dropped and the prefix goes on.
+    """
+    return SkipWhileStage(fn=fn, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout,
+        backend=backend)
+
+
+def distinct(
+    key: Callable[[T], Hashable] | Callable[[T], Awaitable[Hashable]] | None = None,
+    *,
+    max_keys: int | None = None,
+    name: str | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    backend: Backend | None = None,
+) -> Stage[T, T]:
+    """Pass each item whose ``key(item)`` (the item itself by default) was not seen before.
+
+    Memory: the stage remembers every key it has seen, for the whole run, so it grows
+    with the number of distinct keys. ``max_keys=n`` bounds it: only the ``n`` most
+    recently seen keys are remembered (a key seen again counts as recent), and a key
+    forgotten since passes again. Keys must be hashable (an unhashable key is an error of
+    the item). A plain ``key`` is fused; an async one runs in a task; ``backend=`` other
+    than ``Inline()`` is refused (the memory lives on the Trio thread).
+
+    * emits: the first item of each key, in order;
+    * backpressure: as ``filter``;
+    * completes: when the input completes;
+    * cancelled: by the run or when downstream stops;
+    * on error: the exception fails the run, noted with stage and item; with ``Skip`` or
+      ``DeadLetter`` the failed item is dropped and its key is not remembered.
+    """
+    return DistinctStage(fn=identity if key is None else key, max_keys=max_keys, name=name,
+        buffer=buffer, overflow=overflow, on_error=on_error, retry=retry, timeout=timeout,
+        backend=backend)
+
+
+def distinct_until_changed(
+    key: Callable[[T], Any] | Callable[[T], Awaitable[Any]] | None = None,
+    *,
+    name: str | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    backend: Backend | None = None,
+) -> Stage[T, T]:
+    """Drop each item whose ``key(item)`` (the item itself by default) equals (``==``) the
+    key of the last item passed on: runs of equal keys become their first item. Memory:
+    one key. A plain ``key`` is fused; an async one runs in a task; ``backend=`` other than
+    ``Inline()`` is refused.
+
+    * emits: the first item of each run of equal keys, in order;
+    * backpressure: as ``filter``;
+    * completes: when the input completes;
+    * cancelled: by the run or when downstream stops;
+    * on error: the exception fails the run, noted with stage and item; with ``Skip`` or
+      ``DeadLetter`` the failed item is dropped and the last key stays as it was.
+    """
+    return DistinctUntilChangedStage(fn=identity if key is None else key, name=name,
+        buffer=buffer, overflow=overflow, on_error=on_error, retry=retry, timeout=timeout,
+        backend=backend)
+
+
+def take_last(count: int, *, name: str | None = None) -> Stage[T, T]:
+    """Keep the last ``count`` items and pass them on when the input completes (fused).
+
+    Memory: ``count`` items. A failed or cancelled run emits nothing (a failed run takes
+    no completion action); a drained run completes, so it emits the last items drained.
+
+    * emits: the last ``count`` items, in order, all at once at the end of the input;
+    * backpressure: none of its own until the end (it takes every item), then as its
+      downstream;
+    * completes: when the input completes, after emitting;
+    * cancelled: by the run or when downstream stops; it then emits nothing;
+    * on error: none of its own.
+    """
+    return TakeLastStage(count=count, name=name)
+
+
+def start_with(*items: T, name: str | None = None) -> Stage[T, T]:
+    """Put ``items`` before the input's items (fused).
+
+    Being fused, the items go out together with the first chunk of the input, or when
+    the input completes empty; a source that is slow to produce delays them. For items
+    that must go out at once, put a source first: ``concat(from_iterable(items), flow)``.
+
+    * emits: ``items`` first, then every input item, in order;
+    * backpressure: as its upstream;
+    * completes: when the input completes (after emitting ``items`` if not done yet);
+    * cancelled: by the run or when downstream stops; a run that fails or is cancelled
+      before any input emits nothing;
+    * on error: none of its own.
+    """
+    return StartWithStage(items=items, name=name)
+
+
+def enumerate(start: int = 0, *, name: str | None = None) -> Stage[T, tuple[int, T]]:
+    """Number the items: emit ``(i, item)`` with ``i`` counting from ``start`` (fused).
+
+    * emits: one ``(i, item)`` pair per item, in order;
+    * backpressure: as its upstream;
+    * completes: when the input completes;
+    * cancelled: by the run or when downstream stops;
+    * on error: none of its own.
+    """
+    return EnumerateStage(start=start, name=name)
 
 
 def scan(
@@ -538,6 +762,7 @@ def continuous(
 def sink(
     fn: Callable[[T], Any] | Callable[[T], Awaitable[Any]],
     *,
+    concurrency: int | None = None,
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
@@ -548,13 +773,19 @@ def sink(
 ) -> Sink[T, None]:
     """End a flow by calling ``fn(item)`` for every item; the run returns ``None``.
 
+    ``concurrency=N`` calls an async ``fn`` on up to N items at once, in the worker pool of
+    ``map(concurrency=N)``, in no particular order of completion (calls start in input
+    order).
+
     * emits: nothing (a sink); plain functions are fused into the upstream task;
-    * backpressure: the next item is not taken until ``fn`` returned for this one;
-    * completes: when the input completes;
-    * cancelled: by the run;
+    * backpressure: the next item is not taken until ``fn`` returned for this one (with
+      ``concurrency``: while N calls run and N more items wait for a worker);
+    * completes: when the input completes and every call finished;
+    * cancelled: by the run; calls under way are cancelled;
     * on error: the exception fails the run, noted with stage and item.
     """
-    return FnSink(fn=fn, name=name, buffer=buffer, overflow=overflow,
+    return FnSink(fn=fn, concurrency=_concurrency(concurrency, backend),
+        name=name, buffer=buffer, overflow=overflow,
         on_error=on_error, retry=retry, timeout=timeout,
         backend=backend)
 

@@ -13,6 +13,7 @@ The ops are pure state machines, no Trio: they are tested directly and by Hypoth
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -134,22 +135,23 @@ class FilterOp(Op):
         return out
 
 
-class FlatMapOp(Op):
-    __slots__ = ("fn",)
+class EachOp(Op):
+    """An op that produces an iterable of outputs per item, in order (``flat_map``; and
+    ops whose output for an item depends on state the items before it left): a Python
+    loop over the chunk, but no task and no channel hop."""
 
-    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__(name, "flat_map")
-        self.fn = fn
+    __slots__ = ()
 
-    def apply_one(self, item: Any) -> Chunk:
-        return list(self.fn(item))  # materialised: a failure mid-way emits nothing
+    def each(self) -> Callable[[Any], Any]:
+        """The per-item call of the fast path (``apply_one`` unless an op has a cheaper one)."""
+        return self.apply_one
 
     def process(self, chunk: Chunk) -> Chunk:
         if self.guard is not None:
             return self.process_guarded(chunk)
         out: Chunk = []
         extend = out.extend
-        fn = self.fn
+        fn = self.each()
         x = None
         try:
             for x in chunk:
@@ -160,6 +162,20 @@ class FlatMapOp(Op):
         self.n_in += len(chunk)
         self.n_out += len(out)
         return out
+
+
+class FlatMapOp(EachOp):
+    __slots__ = ("fn",)
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name, "flat_map")
+        self.fn = fn
+
+    def apply_one(self, item: Any) -> Chunk:
+        return list(self.fn(item))  # materialised: a failure mid-way emits nothing
+
+    def each(self) -> Callable[[Any], Any]:
+        return self.fn  # ``extend`` consumes the iterable directly
 
 
 class TapOp(Op):
@@ -293,6 +309,167 @@ class ScanOp(Op):
             raise
         finally:
             self.acc = acc
+        self.n_in += len(chunk)
+        self.n_out += len(out)
+        return out
+
+
+class SkipWhileOp(EachOp):
+    __slots__ = ("fn", "skipping")
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name, "skip_while")
+        self.fn = fn
+        self.skipping = True
+
+    def apply_one(self, item: Any) -> Chunk:
+        if self.skipping:
+            if self.fn(item):
+                return []
+            self.skipping = False
+        return [item]
+
+    def process(self, chunk: Chunk) -> Chunk:
+        if self.skipping:
+            return super().process(chunk)
+        self.n_in += len(chunk)  # past the skipped prefix: the chunk passes as it is
+        self.n_out += len(chunk)
+        return chunk
+
+
+class KeyMemory:
+    """The keys ``distinct`` has seen: every one, or (with ``limit``) the ``limit`` most
+    recently seen, in a dict used as an LRU (insertion order; a key seen again moves to
+    the end). Pure state, shared by the fused op and the async head."""
+
+    __slots__ = ("limit", "seen")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.seen: dict[Any, None] = {}
+
+    def first(self, key: Any) -> bool:
+        """Whether ``key`` is new (then it is remembered). An unhashable key raises
+        ``TypeError``, an error of the key function."""
+        seen = self.seen
+        if key in seen:
+            if self.limit is not None:
+                del seen[key]
+                seen[key] = None
+            return False
+        seen[key] = None
+        if self.limit is not None and len(seen) > self.limit:
+            del seen[next(iter(seen))]
+        return True
+
+
+class _Nothing:
+    __slots__ = ()
+
+
+_NOTHING = _Nothing()
+
+
+class LastKey:
+    """The key of the last item ``distinct_until_changed`` passed on. Pure state."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: Any = _NOTHING
+
+    def changed(self, key: Any) -> bool:
+        """Whether ``key`` differs from the last one (then it becomes the last one)."""
+        if self.last is not _NOTHING and self.last == key:
+            return False
+        self.last = key
+        return True
+
+
+class DistinctOp(EachOp):
+    __slots__ = ("fn", "memory")
+
+    def __init__(self, name: str, fn: Callable[[Any], Any], max_keys: int | None) -> None:
+        super().__init__(name, "distinct")
+        self.fn = fn
+        self.memory = KeyMemory(max_keys)
+
+    def apply_one(self, item: Any) -> Chunk:
+        return [item] if self.memory.first(self.fn(item)) else []
+
+
+class DistinctUntilChangedOp(EachOp):
+    __slots__ = ("fn", "last")
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name, "distinct_until_changed")
+        self.fn = fn
+        self.last = LastKey()
+
+    def apply_one(self, item: Any) -> Chunk:
+        return [item] if self.last.changed(self.fn(item)) else []
+
+
+class TakeLastOp(Op):
+    """Holds the last ``count`` items; hands them on only from ``flush``, which the
+    segment calls once the input ended cleanly (never after a failure or cancellation)."""
+
+    __slots__ = ("kept",)
+
+    def __init__(self, name: str, count: int) -> None:
+        super().__init__(name, "take_last")
+        self.kept: deque[Any] = deque(maxlen=count)
+
+    def process(self, chunk: Chunk) -> Chunk:
+        self.n_in += len(chunk)
+        self.kept.extend(chunk)
+        return []
+
+    def flush(self) -> Chunk:
+        out = list(self.kept)
+        self.kept.clear()
+        self.n_out += len(out)
+        return out
+
+
+class StartWithOp(Op):
+    """Puts ``items`` before the first chunk, or hands them on from ``flush`` when the
+    input ended without one."""
+
+    __slots__ = ("items", "pending")
+
+    def __init__(self, name: str, items: tuple[Any, ...]) -> None:
+        super().__init__(name, "start_with")
+        self.items = items
+        self.pending = True
+
+    def process(self, chunk: Chunk) -> Chunk:
+        self.n_in += len(chunk)
+        if self.pending:
+            self.pending = False
+            chunk = [*self.items, *chunk]
+        self.n_out += len(chunk)
+        return chunk
+
+    def flush(self) -> Chunk:
+        if not self.pending:
+            return []
+        self.pending = False
+        self.n_out += len(self.items)
+        return list(self.items)
+
+
+class EnumerateOp(Op):
+    __slots__ = ("next",)
+
+    def __init__(self, name: str, start: int) -> None:
+        super().__init__(name, "enumerate")
+        self.next = start
+
+    def process(self, chunk: Chunk) -> Chunk:
+        n = self.next
+        out = list(zip(range(n, n + len(chunk)), chunk, strict=True))
+        self.next = n + len(chunk)
         self.n_in += len(chunk)
         self.n_out += len(out)
         return out

@@ -43,13 +43,24 @@ __all__ = [
     "AtLeast",
     "BestEffort",
     "Decision",
+    "Error",
     "FirstK",
+    "Outcome",
     "ParallelBlockError",
     "ParallelPolicy",
     "ParallelStage",
     "decide",
+    "Value",
     "parallel",
 ]
+
+#: What ``BestEffort``/``AtLeast``/``FirstK`` results hold, re-exported as ``trioflow.Outcome``,
+#: ``trioflow.Value`` and ``trioflow.Error`` so a user unwraps them without importing
+#: ``outcome``: ``isinstance(o, tf.Value)`` then ``o.value``; ``isinstance(o, tf.Error)`` then
+#: ``o.error``; or ``o.unwrap()``, which returns the value or raises the error.
+Outcome = outcome.Outcome
+Value = outcome.Value
+Error = outcome.Error
 
 T = TypeVar("T")
 
@@ -345,7 +356,8 @@ def parallel(
     Policies (``trioflow.AllOrNothing()`` is the default):
 
     * ``AllOrNothing()``: the tuple of values; the first failure cancels the others;
-    * ``BestEffort()``: one ``outcome.Value``/``outcome.Error`` per function;
+    * ``BestEffort()``: one ``Value``/``Error`` per function (``trioflow.Value`` and
+      ``trioflow.Error`` are ``outcome``'s classes: ``o.unwrap()``, ``o.value``, ``o.error``);
     * ``AtLeast(k)``: one outcome per function (none is ``None``), if at least ``k`` succeed;
     * ``FirstK(k)``: returns once ``k`` succeeded: ``Value`` for them, ``Error`` for
       failures seen before, ``None`` for the functions cancelled.

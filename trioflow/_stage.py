@@ -300,13 +300,18 @@ class FnStage(Stage[In, Out]):
     runs_user_code: ClassVar[bool] = True
     #: how the stage calls ``fn`` (checked against its signature at definition)
     call: ClassVar[str] = "fn(item)"
+    #: the operator's name for ``fn`` in its signature (``key`` for ``distinct``)
+    fn_argument: ClassVar[str] = "fn"
+    #: whether a worker backend can run the calls (a per-item state between calls, like
+    #: ``skip_while``'s or ``distinct``'s, would have to travel with every chunk: not yet)
+    backend_ok: ClassVar[bool] = True
 
     def __attrs_post_init__(self) -> None:
-        kind = classify(self.fn, "fn")
+        kind = classify(self.fn, self.fn_argument)
         if kind not in self.allowed_kinds:
             raise DefinitionTypeError(
-                f"fn of {self.operator} must be a plain or async function, got a {kind.value} "
-                f"function {self.fn!r}"
+                f"{self.fn_argument} of {self.operator} must be a plain or async function, got "
+                f"a {kind.value} function {self.fn!r}"
             )
         check_call(self.fn, self.operator, self.call)
         object.__setattr__(self, "kind", kind)
@@ -442,6 +447,11 @@ def _check_backend(spec: FnStage[Any, Any] | FnSink[Any] | ReduceSink[Any]) -> N
         )
     if backend.runs_inline:
         return
+    if not getattr(spec, "backend_ok", True):
+        raise DefinitionValueError(
+            f"backend={backend!r} is not supported by {spec.operator}: its state between items "
+            "lives on the Trio thread; use an inline or async function"
+        )
     plain = (CallKind.SYNC, CallKind.SYNC_GEN) if isinstance(spec, FlatMapStage) else (CallKind.SYNC,)
     if spec.kind not in plain:
         raise DefinitionTypeError(
@@ -464,13 +474,68 @@ def _check_backend(spec: FnStage[Any, Any] | FnSink[Any] | ReduceSink[Any]) -> N
             )
 
 
+def check_concurrency(spec: PooledFnStage[Any, Any] | FnSink[Any]) -> None:
+    """``concurrency=`` (and ``ordered=``) of a stage that may run its calls in a pool."""
+    check_int("concurrency", spec.concurrency, minimum=1)
+    ordered = check_bool("ordered", getattr(spec, "ordered", True))
+    if spec.runs_elsewhere:
+        return  # the backend runs ``concurrency`` calls of a plain function at once
+    if spec.concurrency > 1 and spec.kind not in (CallKind.ASYNC, CallKind.ASYNC_GEN):
+        raise DefinitionValueError(
+            f"concurrency={spec.concurrency!r} needs an async fn: a {spec.kind.value} fn "
+            f"{spec.fn!r} would block the Trio thread (use concurrency=1, or an async function)"
+        )
+    if not ordered and spec.concurrency == 1:
+        raise DefinitionValueError(
+            "ordered=False does nothing with concurrency=1 (one call at a time keeps input "
+            "order): give concurrency > 1 or leave ordered=True"
+        )
+
+
+class _Pooling:
+    """``pooled`` and ``lifecycle`` of a stage or sink that takes ``concurrency=``."""
+
+    __slots__ = ()
+    concurrency: int
+
+    @property
+    def pooled(self) -> bool:
+        """Runs in a worker pool (more than one call at a time, on the Trio thread)."""
+        return self.concurrency > 1 and not _runs_elsewhere(self)
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle.PERSISTENT if self.pooled else Lifecycle.CONTINUOUS
+
+
 @attrs.frozen(kw_only=True)
-class FilterStage(FnStage[T, T]):
+class PooledFnStage(_Pooling, FnStage[In, Out]):
+    """An ``FnStage`` that may run ``concurrency`` async calls at once, in the worker pool
+    of ``map(concurrency=N)`` (``filter``, ``tap``, ``flat_map``)."""
+
+    concurrency: int = 1
+    ordered: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        check_concurrency(self)
+
+
+@attrs.frozen(kw_only=True)
+class FilterStage(PooledFnStage[T, T]):
     operator: ClassVar[str] = "filter"
 
 
+#: How many outputs of one item an ordered, concurrent ``flat_map`` of an async generator
+#: holds while an earlier item is still being handed on (``inner_buffer=``'s default).
+INNER_BUFFER = 64
+
+
 @attrs.frozen(kw_only=True)
-class FlatMapStage(FnStage[In, Out]):
+class FlatMapStage(PooledFnStage[In, Out]):
+    #: ordered, concurrent async generators: outputs held per item before its turn
+    inner_buffer: int | None = None
+
     operator: ClassVar[str] = "flat_map"
     allowed_kinds: ClassVar[frozenset[CallKind]] = frozenset(CallKind)
 
@@ -483,16 +548,64 @@ class FlatMapStage(FnStage[In, Out]):
                 "as an async generator function (async def with yield; `async for x in it: "
                 "yield x` hands on another async iterable)"
             )
+        if self.inner_buffer is not None:
+            check_int("inner_buffer", self.inner_buffer, minimum=1)
+            if not (self.kind is CallKind.ASYNC_GEN and self.pooled and self.ordered):
+                raise DefinitionValueError(
+                    f"inner_buffer={self.inner_buffer!r} applies only to an async generator fn "
+                    "with concurrency > 1 and ordered=True (it bounds the outputs an item "
+                    "holds before its turn)"
+                )
+
+    @property
+    def inner_limit(self) -> int:
+        return INNER_BUFFER if self.inner_buffer is None else self.inner_buffer
 
 
 @attrs.frozen(kw_only=True)
-class TapStage(FnStage[T, T]):
+class TapStage(PooledFnStage[T, T]):
     operator: ClassVar[str] = "tap"
 
 
 @attrs.frozen(kw_only=True)
 class TakeWhileStage(FnStage[T, T]):
     operator: ClassVar[str] = "take_while"
+
+
+@attrs.frozen(kw_only=True)
+class SkipWhileStage(FnStage[T, T]):
+    operator: ClassVar[str] = "skip_while"
+    backend_ok: ClassVar[bool] = False
+
+
+def identity(item: T) -> T:
+    """The default key of ``distinct``: the item itself."""
+    return item
+
+
+@attrs.frozen(kw_only=True)
+class DistinctStage(FnStage[T, T]):
+    """``fn`` is the key function (``identity`` by default)."""
+
+    #: remember at most this many keys, the most recently seen (``None``: every key)
+    max_keys: int | None = None
+
+    operator: ClassVar[str] = "distinct"
+    fn_argument: ClassVar[str] = "key"
+    backend_ok: ClassVar[bool] = False
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        check_optional_int("max_keys", self.max_keys, minimum=1)
+
+
+@attrs.frozen(kw_only=True)
+class DistinctUntilChangedStage(FnStage[T, T]):
+    """``fn`` is the key function (``identity`` by default)."""
+
+    operator: ClassVar[str] = "distinct_until_changed"
+    fn_argument: ClassVar[str] = "key"
+    backend_ok: ClassVar[bool] = False
 
 
 @attrs.frozen(kw_only=True)
@@ -504,10 +617,10 @@ class ScanStage(FnStage[In, Out]):
 
 
 @attrs.frozen(kw_only=True)
-class TakeStage(Stage[T, T]):
-    count: int
+class CountStage(Stage[T, T]):
+    """A fused stage that counts items (``take``, ``skip``, ``take_last``)."""
 
-    operator: ClassVar[str] = "take"
+    count: int
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -519,14 +632,46 @@ class TakeStage(Stage[T, T]):
 
 
 @attrs.frozen(kw_only=True)
-class SkipStage(Stage[T, T]):
-    count: int
+class TakeStage(CountStage[T]):
+    operator: ClassVar[str] = "take"
 
+
+@attrs.frozen(kw_only=True)
+class SkipStage(CountStage[T]):
     operator: ClassVar[str] = "skip"
+
+
+@attrs.frozen(kw_only=True)
+class TakeLastStage(CountStage[T]):
+    operator: ClassVar[str] = "take_last"
+
+
+@attrs.frozen(kw_only=True)
+class StartWithStage(Stage[T, T]):
+    items: tuple[Any, ...]
+
+    operator: ClassVar[str] = "start_with"
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        check_int("count", self.count, minimum=0)
+        if not isinstance(self.items, tuple):
+            raise DefinitionTypeError(f"items must be a tuple, got {self.items!r}")
+
+    @property
+    def inline(self) -> bool:
+        return True
+
+
+@attrs.frozen(kw_only=True)
+class EnumerateStage(Stage[T, tuple[int, T]]):
+    start: int = 0
+
+    operator: ClassVar[str] = "enumerate"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if isinstance(self.start, bool) or not isinstance(self.start, int):
+            raise DefinitionTypeError(f"start must be an int, got {self.start!r}")
 
     @property
     def inline(self) -> bool:
@@ -641,11 +786,13 @@ class ContinuousStage(Stage[In, Out]):
 
 
 @attrs.frozen(kw_only=True)
-class FnSink(Sink[In, None]):
+class FnSink(_Pooling, Sink[In, None]):
     fn: Callable[..., Any]
     kind: CallKind = attrs.field(default=CallKind.SYNC)
     #: where the calls run (``None``: inline on the Trio thread)
     backend: Backend | None = None
+    #: how many calls may run at once (async fn: a worker pool; a backend: calls in flight)
+    concurrency: int = 1
 
     operator: ClassVar[str] = "sink"
     runs_user_code: ClassVar[bool] = True
@@ -661,6 +808,7 @@ class FnSink(Sink[In, None]):
         if self.backend is not None:
             _check_backend(self)
         super().__attrs_post_init__()
+        check_concurrency(self)
 
     @property
     def runs_elsewhere(self) -> bool:
@@ -793,6 +941,21 @@ class PeriodicSource(Source[int]):
         super().__attrs_post_init__()
         object.__setattr__(self, "interval", check_seconds("interval", self.interval))
         check_optional_int("count", self.count, minimum=0)
+
+
+@attrs.frozen(kw_only=True)
+class ConcatSource(Source[T]):
+    """``concat``: the flows (``Flow`` objects, checked by the operator), run one after
+    another as nested runs."""
+
+    flows: tuple[Any, ...]
+
+    operator: ClassVar[str] = "concat"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if not isinstance(self.flows, tuple) or not self.flows:
+            raise DefinitionValueError(f"flows: concat needs at least one flow, got {self.flows!r}")
 
 
 @attrs.frozen(kw_only=True)

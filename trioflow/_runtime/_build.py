@@ -7,6 +7,9 @@ from .._ops import (
     BatchOp,
     CallSinkOp,
     DiscardOp,
+    DistinctOp,
+    DistinctUntilChangedOp,
+    EnumerateOp,
     FilterOp,
     FlatMapOp,
     ListSinkOp,
@@ -15,6 +18,9 @@ from .._ops import (
     ReduceSinkOp,
     ScanOp,
     SkipOp,
+    SkipWhileOp,
+    StartWithOp,
+    TakeLastOp,
     TakeOp,
     TakeWhileOp,
     TapOp,
@@ -24,8 +30,12 @@ from .._stage import (
     AsyncIterableSource,
     BatchStage,
     ChannelSource,
+    ConcatSource,
     ContinuousStage,
     DiscardSink,
+    DistinctStage,
+    DistinctUntilChangedStage,
+    EnumerateStage,
     FilterStage,
     FlatMapStage,
     FnSink,
@@ -36,15 +46,20 @@ from .._stage import (
     OnDemandStage,
     PeriodicSource,
     PersistentStage,
+    PooledFnStage,
     ReduceSink,
     ScanStage,
     SkipStage,
+    SkipWhileStage,
+    StartWithStage,
+    TakeLastStage,
     TakeStage,
     TakeWhileStage,
     TapStage,
     TaskSource,
 )
 from ._backend import BackendHead
+from ._concat import ConcatHead
 from ._pool import PoolHead
 from ._segment import Head, _guard_for
 from ._sources import AsyncIterableHead, ChannelHead, IterableHead, PeriodicHead, TaskSourceHead
@@ -79,6 +94,18 @@ def _build_op(node: PlanNode) -> Op:
         return SkipOp(name, spec.count)
     if isinstance(spec, BatchStage):
         return BatchOp(name, spec.size)
+    if isinstance(spec, SkipWhileStage):
+        return SkipWhileOp(name, spec.fn)
+    if isinstance(spec, DistinctStage):
+        return DistinctOp(name, spec.fn, spec.max_keys)
+    if isinstance(spec, DistinctUntilChangedStage):
+        return DistinctUntilChangedOp(name, spec.fn)
+    if isinstance(spec, TakeLastStage):
+        return TakeLastOp(name, spec.count)
+    if isinstance(spec, StartWithStage):
+        return StartWithOp(name, spec.items)
+    if isinstance(spec, EnumerateStage):
+        return EnumerateOp(name, spec.start)
     if isinstance(spec, FnSink):
         return CallSinkOp(name, spec.fn)
     if isinstance(spec, ListSink):
@@ -102,13 +129,15 @@ def _make_head(node: PlanNode) -> Head:
         return PeriodicHead(node, spec)
     if isinstance(spec, TaskSource):
         return TaskSourceHead(node, spec)
+    if isinstance(spec, ConcatSource):
+        return ConcatHead(node, spec)
     if isinstance(spec, ContinuousStage):
         return ContinuousHead(node, spec)
     if isinstance(spec, BatchStage):
         return BatchTimerHead(node, spec)
     if isinstance(spec, FnStage | FnSink | ReduceSink) and spec.runs_elsewhere:
         return BackendHead(node, spec)
-    if isinstance(spec, MapStage) and spec.pooled:
+    if isinstance(spec, MapStage | PooledFnStage | FnSink) and spec.pooled:
         return PoolHead(node, spec)
     if isinstance(spec, PersistentStage | OnDemandStage):
         return PoolHead(node, spec)

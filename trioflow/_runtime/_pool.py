@@ -7,21 +7,28 @@ import inspect
 import math
 from collections import deque
 from collections.abc import Callable
+from contextlib import aclosing
 from typing import Any
 
 import trio
 
+from .._callables import CallKind
 from .._errors import RunAborted, annotate
 from .._plan import PlanNode
 from .._policies import Restart, Supervisor
 from .._stage import (
     DROPPED,
     Adaptive,
+    FilterStage,
+    FlatMapStage,
+    FnSink,
     MapStage,
     OnDemandStage,
     PersistentStage,
+    PooledFnStage,
+    TapStage,
 )
-from ._segment import _SKIPPED, CLEANUP_TIMEOUT, Head, Segment, _policy_call, _Status
+from ._segment import _SKIPPED, CLEANUP_TIMEOUT, Head, Segment, _policy_call, _Status, streams_outputs
 
 
 class PoolHead(Head):
@@ -41,6 +48,14 @@ class PoolHead(Head):
     Adaptive (``Adaptive(min, max, idle)``): the pool starts with ``min`` workers; the
     feeder adds one when it queues an item and no worker is idle (up to ``max``); a worker
     idle for ``idle`` seconds exits while more than ``min`` remain.
+
+    ``filter``/``tap``/``flat_map``/``sink`` with ``concurrency=N`` use the same pool; a
+    ``post`` step turns the call's result into what is deposited (the item if kept, else
+    ``_SKIPPED``, which keeps its place in the order; for ``flat_map`` a list of outputs,
+    ``many``). An async generator of ``flat_map`` (without error policies) is streamed
+    (``_stream``): its outputs are handed on as they come once its item's turn has come;
+    before that the worker holds at most ``inner_limit`` of them and does not advance the
+    generator (ordered); unordered, every output is handed on at once.
     """
 
     def __init__(self, node: PlanNode, spec: Any) -> None:
@@ -50,10 +65,24 @@ class PoolHead(Head):
         self.factory: Callable[[], Any] | None = None
         self.key_fn: Callable[[Any], Any] | None = None
         self.per_key = 1
+        #: what a call's result becomes (``None``: the result itself, as for ``map``)
+        self.post: Callable[[Any, Any], Any] | None = None
+        #: the deposited results are lists of outputs (``flat_map``)
+        self.many = False
+        #: an async generator streamed by ``_stream`` (``flat_map`` without error policies)
+        self.streaming = False
+        self.inner_limit = 0
+        self._turn = trio.lowlevel.ParkingLot()
+        self.fn: Callable[..., Any]
         size: int | Adaptive
-        if isinstance(spec, MapStage):
+        if isinstance(spec, PooledFnStage | FnSink):
             size = spec.concurrency
-            self.fn: Callable[..., Any] = spec.fn
+            self.fn = spec.fn
+            self.post = _post_for(spec)
+            self.many = isinstance(spec, FlatMapStage)
+        elif isinstance(spec, MapStage):
+            size = spec.concurrency
+            self.fn = spec.fn
             self.key_fn = spec.key
             self.per_key = spec.per_key
         elif isinstance(spec, PersistentStage):
@@ -69,6 +98,9 @@ class PoolHead(Head):
         self.supervisor = Supervisor(restart) if isinstance(restart, Restart) else None
         # retries and timeouts wrap the call; error policies are applied around it
         self.fn = _policy_call(spec, self.fn, self.guard)
+        if streams_outputs(spec, self.guard):
+            self.streaming = True
+            self.inner_limit = spec.inner_limit
         self._instance_call = _policy_call(spec, _call_any, self.guard)
         if isinstance(size, Adaptive):
             self.min_workers, self.max_workers, self.idle = size.min, size.max, size.idle
@@ -78,9 +110,9 @@ class PoolHead(Head):
             self.idle = math.inf
             self.adaptive = False
         self.workers = 0 if self.factory is None else self.max_workers
-        self.ordered: bool = spec.ordered
+        self.ordered: bool = getattr(spec, "ordered", False)  # a sink has no order to keep
         n = self.max_workers
-        self.limit = (spec.window or 2 * n) if self.ordered else 2 * n
+        self.limit = (getattr(spec, "window", None) or 2 * n) if self.ordered else 2 * n
         # the feeder, once blocked on the limit, is woken only when it can admit a run of
         # items (half the queue's headroom), not once per finished item: one scheduler
         # pass per run instead of per item, while workers still find items queued
@@ -289,6 +321,8 @@ class PoolHead(Head):
     async def _work_loop(self, res: Any, current: list[tuple[int, Any, Any] | None]) -> None:
         queue = self._queue
         fn = self.fn
+        post = self.post
+        streaming = self.streaming
         with_resource = self.resource is not None
         keyed = self.key_fn is not None
         while True:
@@ -311,8 +345,14 @@ class PoolHead(Head):
             seq, item, k = job
             current[0] = job
             self.in_flight += 1
+            r: Any
             try:
-                r = await (fn(res, item) if with_resource else fn(item))
+                if streaming:
+                    r = await self._stream(seq, item)
+                else:
+                    r = await (fn(res, item) if with_resource else fn(item))
+                    if post is not None:
+                        r = post(item, r)
             except Exception as exc:
                 if not await self.recover(exc, item):
                     raise
@@ -354,12 +394,13 @@ class PoolHead(Head):
         seg = self._seg
         assert seg is not None
         if not self.ordered:
-            if result is _SKIPPED:
+            if result is _SKIPPED or (self.many and not result):
                 self._admitted_done(1)
                 return
-            self.n_out += 1
+            outs = result if self.many else [result]
+            self.n_out += len(outs)
             try:
-                await seg.emit([result])
+                await seg.emit(outs)
             finally:
                 self._admitted_done(1)
             return
@@ -380,6 +421,8 @@ class PoolHead(Head):
                 self._next = nxt
                 self.waiting = len(results)
                 batch = [r for r in batch if r is not _SKIPPED]
+                if self.many:
+                    batch = [out for outs in batch for out in outs]
                 self.n_out += len(batch)
                 # the batch counts against the window until it is handed on: while the next
                 # edge is full, results behind it must not pile up past ``window - 1``
@@ -388,6 +431,40 @@ class PoolHead(Head):
                 self._admitted_done(count)
         finally:
             self._emitting = False
+            if self.streaming:
+                self._turn.unpark_all()  # the next item's worker may hand on directly
+
+    async def _stream(self, seq: int, item: Any) -> list[Any]:
+        """Run ``flat_map``'s async generator on ``item``, handing outputs on as they come
+        when its turn has come (unordered: always); before its turn hold at most
+        ``inner_limit`` outputs, without advancing the generator. Returns the outputs still
+        held, which ``_deposit`` hands on in order."""
+        seg = self._seg
+        assert seg is not None
+        held: list[Any] = []
+        async with aclosing(self.fn(item)) as agen:
+            async for out in agen:
+                held.append(out)
+                if self.ordered and not self._my_turn(seq):
+                    if len(held) < self.inner_limit:
+                        continue
+                    while not self._my_turn(seq):
+                        await self._turn.park()
+                self.n_out += len(held)
+                if not self.ordered:
+                    await seg.emit(held)
+                else:
+                    self._emitting = True  # nothing else is handed on meanwhile
+                    try:
+                        await seg.emit(held)
+                    finally:
+                        self._emitting = False
+                held = []
+        return held
+
+    def _my_turn(self, seq: int) -> bool:
+        """Every item before ``seq`` has been handed on (ordered)."""
+        return self._next == seq and not self._emitting
 
     async def _deposit_keyed(self, seq: int, k: Any, result: Any) -> None:
         """Unordered with ``per_key > 1``: hand results on in input order within each key."""
@@ -418,6 +495,34 @@ class PoolHead(Head):
                 await seg.emit(batch)
         finally:
             self._admitted_done(count)
+
+
+def _post_filter(item: Any, result: Any) -> Any:
+    return item if result else _SKIPPED
+
+
+def _post_tap(item: Any, result: Any) -> Any:
+    return item
+
+
+def _post_sink(item: Any, result: Any) -> Any:
+    return _SKIPPED  # done, nothing to hand on
+
+
+def _post_flat(item: Any, result: Any) -> Any:
+    return list(result)
+
+
+def _post_for(spec: PooledFnStage[Any, Any] | FnSink[Any]) -> Callable[[Any, Any], Any] | None:
+    if isinstance(spec, FilterStage):
+        return _post_filter
+    if isinstance(spec, TapStage):
+        return _post_tap
+    if isinstance(spec, FnSink):
+        return _post_sink
+    if isinstance(spec, FlatMapStage) and spec.kind is CallKind.ASYNC:
+        return _post_flat
+    return None  # an async generator: its outputs are collected or streamed
 
 
 async def _call_any(target: Any, item: Any) -> Any:

@@ -126,14 +126,18 @@ async def _bounded_shielded(fn: Callable[[], Awaitable[object]]) -> None:
 def _policy_call(spec: Any, fn: Callable[..., Any], guard: Guard | None) -> Callable[..., Any]:
     """``fn`` as an async callable, under the stage's retry and timeout.
 
-    A generator function (``flat_map``) is returned as it is when no retry or timeout
-    applies: the head iterates it and hands each output on as it comes. Under a retry or a
-    timeout, an attempt is one whole iteration: the outputs are collected into a list and
-    handed on only when the generator finished, so a retried attempt starts the generator
-    again and the outputs of a failed attempt are never emitted (nor emitted twice)."""
+    A generator function (``flat_map``) is returned as it is when no policy applies (no
+    ``guard``: no retry, no timeout, the default error policy): the head iterates it and
+    hands each output on as it comes (``streams_outputs``). Under a policy, one attempt is
+    one whole iteration: the outputs are collected into a list and handed on only when the
+    generator finished, so a failed item is skipped or dead-lettered whole, a retried
+    attempt starts the generator again, and the outputs of a failed attempt are never
+    emitted (nor emitted twice)."""
     kind = getattr(spec, "kind", CallKind.ASYNC)
     retry, timeout = getattr(spec, "retry", None), getattr(spec, "timeout", None)
-    if retry is None and timeout is None and kind in (CallKind.ASYNC, CallKind.ASYNC_GEN):
+    if retry is None and timeout is None and (
+        kind is CallKind.ASYNC or (kind is CallKind.ASYNC_GEN and guard is None)
+    ):
         return fn
     is_async = kind in (CallKind.ASYNC, CallKind.ASYNC_GEN)
     if kind is CallKind.ASYNC_GEN:
@@ -155,10 +159,10 @@ def _policy_call(spec: Any, fn: Callable[..., Any], guard: Guard | None) -> Call
                                   guard or Guard(spec.name or spec.operator, Fail()))
 
 
-def streams_outputs(spec: Any) -> bool:
-    """Whether ``_policy_call`` left an async generator function to be iterated (no retry,
-    no timeout), rather than an async function returning the outputs as a list."""
-    return (getattr(spec, "kind", None) is CallKind.ASYNC_GEN
+def streams_outputs(spec: Any, guard: Guard | None) -> bool:
+    """Whether ``_policy_call`` left an async generator function to be iterated output by
+    output, rather than an async function returning each item's outputs as a list."""
+    return (getattr(spec, "kind", None) is CallKind.ASYNC_GEN and guard is None
             and getattr(spec, "retry", None) is None and getattr(spec, "timeout", None) is None)
 
 

@@ -15,18 +15,23 @@ from trio.lowlevel import checkpoint_if_cancelled
 
 from .._ops import (
     Batcher,
+    KeyMemory,
+    LastKey,
 )
 from .._plan import PlanNode
 from .._stage import (
     DROPPED,
     BatchStage,
     ContinuousStage,
+    DistinctStage,
+    DistinctUntilChangedStage,
     FilterStage,
     FlatMapStage,
     FnSink,
     MapStage,
     ReduceSink,
     ScanStage,
+    SkipWhileStage,
     TakeWhileStage,
     TapStage,
 )
@@ -128,28 +133,39 @@ class AsyncEachHead(Head):
                     await seg.stop_here(-1)
                 self.n_out += 1
                 await emit([item])
+        elif isinstance(spec, SkipWhileStage):
+            skipping = True
+
+            async def step(item: Any) -> None:
+                nonlocal skipping
+                if skipping:
+                    if await fn(item):
+                        return
+                    skipping = False  # fn is not called again
+                self.n_out += 1
+                await emit([item])
+        elif isinstance(spec, DistinctStage | DistinctUntilChangedStage):
+            keep = (KeyMemory(spec.max_keys).first if isinstance(spec, DistinctStage)
+                    else LastKey().changed)
+
+            async def step(item: Any) -> None:
+                if keep(await fn(item)):
+                    self.n_out += 1
+                    await emit([item])
         elif isinstance(spec, ScanStage):
             async def step(item: Any) -> None:
                 self.acc = await fn(self.acc, item)
                 self.n_out += 1
                 await emit([self.acc])
-        elif isinstance(spec, FlatMapStage) and streams_outputs(spec) and self.guard:
-            async def step(item: Any) -> None:
-                # under an error policy the outputs are collected first, so an item that
-                # fails half-way is skipped whole, never emitted in part
-                async with aclosing(fn(item)) as agen:
-                    outs = [out async for out in agen]
-                if outs:
-                    self.n_out += len(outs)
-                    await emit(outs)
-        elif isinstance(spec, FlatMapStage) and streams_outputs(spec):
+        elif isinstance(spec, FlatMapStage) and streams_outputs(spec, self.guard):
             async def step(item: Any) -> None:
                 async with aclosing(fn(item)) as agen:
                     async for out in agen:
                         self.n_out += 1
                         await emit([out])
         elif isinstance(spec, FlatMapStage):
-            # a function returning an iterable, or a generator collected per attempt
+            # a function returning an iterable, or a generator collected per attempt (under
+            # a policy, so that a failed item is never emitted in part)
             async def step(item: Any) -> None:
                 outs = list(await fn(item))
                 if outs:
