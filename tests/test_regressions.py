@@ -292,3 +292,112 @@ def test_drain_while_a_balance_waits_for_room_loses_nothing(drain_at: float, buf
     got = run_virtual(main)
     assert sorted(got) == accepted
 
+
+
+# -- balance is first free -----------------------------------------------------------------------
+
+
+def test_balance_sends_each_item_to_a_free_branch_not_to_a_busy_one() -> None:
+    """Three branches, two fast (10 ms) and one slow (1 s), 600 items: first-free gives the
+    slow branch a few items, and the run takes about 600 * 10 ms / 2 = 3 s of virtual time
+    (round-robin would take 200 s; the old most-room balance took minutes)."""
+    counts = {"fast1": 0, "fast2": 0, "slow": 0}
+
+    def worker(name: str, delay: float):  # type: ignore[no-untyped-def]
+        async def work(x: int) -> int:
+            counts[name] += 1
+            await trio.sleep(delay)
+            return x
+
+        return work
+
+    async def main() -> tuple[list[int], float]:
+        g = tf.Graph()
+        src = g.add(tf.from_iterable(range(600)))
+        lanes = g.balance(src)
+        branches = [g.add(tf.map(worker(name, delay), name=name), lanes)
+                    for name, delay in (("fast1", 0.01), ("fast2", 0.01), ("slow", 1.0))]
+        out = g.add(tf.to_list(), g.merge(*branches))
+        start = trio.current_time()
+        results = await g.run()
+        return results[out], trio.current_time() - start
+
+    got, took = run_virtual(main)
+    assert sorted(got) == list(range(600))
+    assert counts["slow"] <= 5, counts
+    assert took < 4.5, took
+
+
+def test_balance_feeds_a_pool_no_more_than_it_can_start() -> None:
+    """A pool of 4 slow workers and a single fast branch: the pool takes 4 items at a time
+    (what its idle workers can start), never a whole chunk that would wait in its queue."""
+    counts = {"pool": 0, "fast": 0}
+
+    async def slow(x: int) -> int:
+        counts["pool"] += 1
+        await trio.sleep(1)
+        return x
+
+    async def fast(x: int) -> int:
+        counts["fast"] += 1
+        await trio.sleep(0.01)
+        return x
+
+    async def main() -> list[int]:
+        g = tf.Graph()
+        lanes = g.balance(g.add(tf.from_iterable(range(1000))))
+        a = g.add(tf.map(slow, concurrency=4), lanes)
+        b = g.add(tf.map(fast), lanes)
+        out = g.add(tf.to_list(), g.merge(a, b))
+        results = await g.run()
+        got: list[int] = results[out]
+        return got
+
+    assert sorted(run_virtual(main)) == list(range(1000))
+    # the fast branch does 100 items a second; the run lasts about 10 s: the pool starts
+    # 4 items per second at most
+    assert counts["pool"] <= 4 * 11, counts
+
+
+# -- a fan-out after an unordered pool -----------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), buffer=st.integers(1, 4), n=st.integers(1, 60))
+def test_broadcast_after_an_unordered_pool_feeds_every_branch_the_same_sequence(
+    seed: int, buffer: int, n: int
+) -> None:
+    async def jitter(x: int) -> int:
+        await trio.sleep((x * 7919 + seed) % 3)  # many finish at once
+        return x
+
+    async def main() -> list[tuple[int, int]]:
+        g = tf.Graph()
+        pooled = g.add(tf.from_iterable(range(n)) | tf.map(jitter, concurrency=8, ordered=False))
+        fan = g.broadcast(pooled)
+        a = g.add(tf.map(lambda x: x * 2, buffer=buffer), fan)
+        b = g.add(tf.map(lambda x: x * 3, buffer=buffer), fan)
+        out = g.add(tf.to_list(), g.zip(a, b))
+        got: list[tuple[int, int]] = (await g.run(buffer=buffer))[out]
+        return got
+
+    pairs = run_virtual(main)
+    assert len(pairs) == n
+    assert all(x * 3 == y * 2 for x, y in pairs)  # zip paired the same item
+    assert sorted(x // 2 for x, _ in pairs) == list(range(n))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), buffer=st.integers(1, 3), n=st.integers(1, 60))
+def test_fork_join_after_an_unordered_pool_joins_every_item(seed: int, buffer: int, n: int) -> None:
+    async def jitter(x: int) -> int:
+        await trio.sleep((x * 7919 + seed) % 3)  # many finish at once
+        return x
+
+    async def main() -> list[tuple[int, int]]:
+        flow = (tf.from_iterable(range(n)) | tf.map(jitter, concurrency=8, ordered=False)
+                | tf.fork_join(tf.map(lambda x: x + 1), tf.map(lambda x: -x), buffer=buffer))
+        return await flow.to_list(buffer=buffer)
+
+    joined = run_virtual(main)
+    assert sorted(joined) == sorted((x + 1, -x) for x in range(n))

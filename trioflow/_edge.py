@@ -80,6 +80,7 @@ class Edge:
         "_not_full",
         "_producers",
         "capacity",
+        "demand",
         "discarded",
         "dropped",
         "items",
@@ -89,6 +90,7 @@ class Edge:
         "peak",
         "receive_closed",
         "total",
+        "wanted",
         "watchers",
     )
 
@@ -123,6 +125,10 @@ class Edge:
         self.on_receive_closed: list[Callable[[], None]] = []
         #: lots of fan-out routers (``balance``) waiting for room on any of several edges
         self.watchers: list[ParkingLot] = []
+        #: the edge is fed on demand (by a ``balance``): its consumer takes no more than it
+        #: can start at once, and ``wanted`` says how many items a parked consumer asked for
+        self.demand = False
+        self.wanted = 0
 
     @property
     def send_closed(self) -> bool:
@@ -238,7 +244,17 @@ class Edge:
             if self._producers <= 0 or self.receive_closed:
                 await cancel_shielded_checkpoint()
                 return None
-            await self._not_empty.park()
+            if not self.watchers:
+                await self._not_empty.park()
+                continue
+            # a router waits for a consumer that asks (``balance``): this one asks now
+            self.wanted = max_items
+            for lot in self.watchers:
+                lot.unpark_all()
+            try:
+                await self._not_empty.park()
+            finally:
+                self.wanted = 0
 
     def close_send(self) -> None:
         """One producer is done. When all are, the consumer sees the end after draining."""

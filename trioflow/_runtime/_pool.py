@@ -168,8 +168,14 @@ class PoolHead(Head):
         limit = self.limit
         n = self.max_workers
         key_fn = self.key_fn
+        take = seg.chunk_size
         while True:
-            chunk = await inp.receive(seg.chunk_size)
+            if inp.demand:
+                # fed by a balance: take only what the pool can start now, so the balance
+                # sends the rest to a branch that can (items queued here would wait)
+                while (take := self._startable()) <= 0:
+                    await self._space.park()
+            chunk = await inp.receive(take)
             if chunk is None:
                 return
             self.n_in += len(chunk)
@@ -191,6 +197,16 @@ class PoolHead(Head):
                     self._wake_one()
                 elif self.adaptive and self.workers < n and self._queue:
                     self._spawn_worker()
+
+    def _startable(self) -> int:
+        """How many more items the pool could start at once: free task slots (on-demand)
+        or idle workers (plus the workers an adaptive pool may still add), within the
+        admission window."""
+        if self.factory is not None:
+            free = self.max_workers - self._running
+        else:
+            free = self._idle_workers + (self.max_workers - self.workers if self.adaptive else 0)
+        return min(free, self.limit - self._pending)
 
     def _admit_keyed(self, seq: int, item: Any, key_fn: Callable[[Any], Any]) -> None:
         try:
@@ -330,6 +346,8 @@ class PoolHead(Head):
                 if self._closed:
                     return
                 self._idle_workers += 1
+                if self._space:
+                    self._space.unpark()  # a feeder on a balance's edge waits for a free worker
                 woken = False
                 try:
                     with trio.move_on_after(self.idle) as cs:  # idle is inf unless adaptive

@@ -29,8 +29,28 @@ class Router:
         self.n_in = 0
         self.n_out = 0
         self.errors = 0
+        self._busy = False
+        self._turn = trio.lowlevel.ParkingLot()
 
-    async def put(self, chunk: list[Any]) -> None:  # pragma: no cover - abstract
+    async def put(self, chunk: list[Any]) -> None:
+        """Route ``chunk``. Several tasks of one segment (the workers of an unordered pool)
+        may put at once; their chunks pass through one at a time, in the order the puts
+        began, so that every branch of a ``broadcast`` sees one and the same sequence (and
+        the numbering of a ``fork_join``/``partition`` stays increasing on every branch),
+        whichever put has to wait for room. The turn is handed from one put to the next."""
+        if self._busy:
+            await self._turn.park()  # woken holding the turn
+        else:
+            self._busy = True
+        try:
+            await self._route(chunk)
+        finally:
+            if self._turn:
+                self._turn.unpark()
+            else:
+                self._busy = False
+
+    async def _route(self, chunk: list[Any]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def close_send(self) -> None:
@@ -48,7 +68,7 @@ class BroadcastRouter(Router):
     """Every item to every live branch, each through its own bounded edge: the slowest
     branch sets the pace; a branch that stopped (``take``) is skipped from then on."""
 
-    async def put(self, chunk: list[Any]) -> None:
+    async def _route(self, chunk: list[Any]) -> None:
         self.n_in += len(chunk)
         live = list(self.live)
         last = len(live) - 1
@@ -63,33 +83,43 @@ class BroadcastRouter(Router):
 
 
 class BalanceRouter(Router):
-    """Each item to one branch: the chunk goes to the branches with the most room first,
-    split to fit; when every branch is full it waits for the first one to drain."""
+    """Each item to one branch, the first that is free: a branch is free while its stage
+    waits for input, for as many items as it asked for (a stage on such an edge asks for
+    no more than it can start at once: one for a single task, the free workers of a pool).
+    The chunk goes to the branches that asked most first, split to fit; while no branch
+    asks, the balancer waits (backpressure). Items therefore never queue behind a busy
+    branch while another could start them."""
 
     def __init__(self, node: PlanNode, edges: list[Edge]) -> None:
         super().__init__(node, edges)
         self._space = trio.lowlevel.ParkingLot()
         for edge in edges:
             edge.watchers.append(self._space)
+            edge.demand = True
 
-    async def put(self, chunk: list[Any]) -> None:
+    async def _route(self, chunk: list[Any]) -> None:
         self.n_in += len(chunk)
         while chunk:
             for edge in list(self.live):
                 if edge.receive_closed:
                     self._dead(edge)
-            best = max(self.live, key=_room)
-            room = _room(best)
-            if room <= 0 and best.items:
+            best = max(self.live, key=_asked)
+            asked = _asked(best)
+            if asked <= 0:
                 await self._space.park()
                 continue
-            part, chunk = (chunk, []) if room >= len(chunk) else (chunk[:room], chunk[room:])
+            part, chunk = (chunk, []) if asked >= len(chunk) else (chunk[:asked], chunk[asked:])
             try:
                 await best.put(part)
                 self.n_out += len(part)
             except DownstreamClosed:
                 chunk = part + chunk
                 self._dead(best)
+
+
+def _asked(edge: Edge) -> int:
+    """How many more items the consumer of ``edge`` asked for and can take without waiting."""
+    return min(edge.wanted - edge.items, _room(edge)) if edge.wanted else 0
 
 
 class RouteRouter(Router):
@@ -116,7 +146,7 @@ class RouteRouter(Router):
             f"route {self.node.name!r}: no branch for key {key!r} and no default branch"
         )
 
-    async def put(self, chunk: list[Any]) -> None:
+    async def _route(self, chunk: list[Any]) -> None:
         self.n_in += len(chunk)
         parts: dict[int, tuple[Edge, list[Any]]] = {}
         key = self.key

@@ -52,8 +52,11 @@ class _Items:
 
     async def __anext__(self) -> Any:
         if not self._buf:
-            assert self._seg.inp is not None
-            chunk = await self._seg.inp.receive(self._seg.chunk_size)
+            inp = self._seg.inp
+            assert inp is not None
+            # fed by a balance: take one item at a time, so the balance sends the rest to a
+            # branch that can start them
+            chunk = await inp.receive(1 if inp.demand else self._seg.chunk_size)
             if chunk is None:
                 raise StopAsyncIteration
             self._head.n_in += len(chunk)
@@ -88,7 +91,9 @@ class AsyncEachHead(Head):
         status.started()
         assert seg.inp is not None
         inp = seg.inp
-        size = seg.chunk_size
+        # one call at a time: fed by a balance, take no more than one item (the balance
+        # sends the others to a branch that can start them now)
+        size = 1 if inp.demand else seg.chunk_size
         step = self._step_for(seg)
         while True:
             chunk = await inp.receive(size)
