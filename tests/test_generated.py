@@ -53,6 +53,8 @@ from trioflow.testing import InjectedFault, assert_no_leftovers
 PROFILE = os.environ.get("TRIOFLOW_GEN_PROFILE", "quick")
 EXAMPLES = {"quick": 120, "long": 3000}[PROFILE]
 
+#: pytest-timeout allows 120 s per test; the long profile needs more
+TIMEOUT = pytest.mark.timeout(3600 if PROFILE == "long" else 120)
 GEN = settings(max_examples=EXAMPLES, deadline=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                       HealthCheck.data_too_large])
@@ -215,7 +217,8 @@ def check(sc: Scenario, live: Live, o: Outcome) -> None:
         if fatal:
             assert {id(x) for x in fatal} <= ids, "an error that escaped a Fail() stage was not raised"
             assert ids <= {id(x) for x in fatal + collected}, "the run raised an error that was handled"
-            assert state is tf.RunState.FAILED
+            # (no handle: the run failed before it was ready)
+            assert state in (tf.RunState.FAILED, None), state
         else:
             # only Collect() failures: raised once the run completed
             assert state is tf.RunState.COMPLETED, state
@@ -290,6 +293,8 @@ def check_fault_stage(sc: Scenario, spec: FaultSpec, live: Live, s: Any, failure
     assert len(mine) == (drops if lettered else 0), (spec, mine)
     assert s.skipped == (drops if spec.policy == "skip" else 0), (spec, s)
     assert s.retries == retries, (spec, s, dict(calls))
+    if spec.name in sc.lifted() and "lifted_counts_tombstones" in KNOWN_BUGS:
+        return
     if spec.kind == "map":
         assert s.items_in == s.items_out + drops, (spec, s)
     elif spec.kind == "filter":
@@ -301,6 +306,7 @@ def check_fault_stage(sc: Scenario, spec: FaultSpec, live: Live, s: Any, failure
 # =============================================================================================
 
 
+@TIMEOUT
 @GEN
 @given(sc=scenarios(shape="chain"))
 def test_generated_chains(sc: Scenario) -> None:
@@ -308,6 +314,7 @@ def test_generated_chains(sc: Scenario) -> None:
     check(sc, live, o)
 
 
+@TIMEOUT
 @GEN
 @given(sc=scenarios(shape="graph"))
 def test_generated_graphs(sc: Scenario) -> None:
@@ -404,6 +411,26 @@ def test_fork_join_after_unordered_pool_loses_nothing() -> None:
         assert sorted(pairs) == [(4 * x, 4 * x) for x in range(12)], (seed, pairs)
 
 
+@pytest.mark.xfail("fanout_after_unordered_pool" in KNOWN_BUGS,
+                   reason="issue 9 (found by the generator): partition after an unordered pool "
+                          "hangs", strict=True)
+def test_partition_after_unordered_pool_completes() -> None:
+    async def mod7_later(x: int) -> int:
+        await trio.sleep(0.001 * (x % 5))
+        return x % 7
+
+    async def main() -> list[int]:
+        return await (
+            tf.from_iterable(range(40))
+            | tf.map(mod7_later, concurrency=6, ordered=False)
+            | tf.partition(lambda x: 0, {0: tf.map(double)}, default=tf.map(double))
+        ).to_list(chunk_size=1, buffer=1)
+
+    for seed in SEEDS:
+        trio_random().seed(seed)
+        assert sorted(run_virtual(main)) == sorted(2 * (x % 7) for x in range(40)), seed
+
+
 @pytest.mark.xfail("flat_map_generator_retry" in KNOWN_BUGS,
                    reason="issue 9: flat_map of a generator function ignores retry=", strict=True)
 @pytest.mark.parametrize("kind", ["gen", "agen"])
@@ -454,3 +481,26 @@ def test_handle_cancel_with_a_collected_failure_returns_quietly() -> None:
         return handle.state
 
     assert run_virtual(main) is tf.RunState.CANCELLED
+
+
+@pytest.mark.xfail("lifted_counts_tombstones" in KNOWN_BUGS,
+                   reason="found by the generator: a fork_join branch stage counts a skipped "
+                          "item's tombstone in items_out", strict=True)
+def test_fork_join_branch_counts_a_skipped_item_once() -> None:
+    def fail_on_zero(x: int) -> int:
+        if x == 0:
+            raise InjectedFault("zero")
+        return x
+
+    async def main() -> tuple[list[Any], Any]:
+        pipeline = (tf.from_iterable([0]) | tf.fork_join(
+            tf.map(double), tf.map(fail_on_zero, name="f", on_error=tf.Skip())) | tf.to_list())
+        async with trio.open_nursery() as n:
+            handle = await n.start(pipeline.run)
+            await handle.wait()
+        return handle.result(), handle.statistics().stage("f")
+
+    out, s = run_virtual(main)
+    assert out == []
+    assert s.skipped == 1
+    assert s.items_in == s.items_out + s.skipped, s
