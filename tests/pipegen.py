@@ -54,7 +54,9 @@ from trioflow.testing import InjectedFault, ResourceTracker
 #:   ignores ``retry=``;
 #: * ``cancel_with_collect``: ``handle.cancel()`` (or a drain that times out) of a run
 #:   whose ``Collect()`` stage collected a failure raises instead of returning quietly;
-#: * ``drain_at_balance``: a drain while a balance waits for room loses items;
+#: * ``drain_at_balance``: a drain while a balance waits for room loses items (issue 9; not
+#:   in the set: 3000 generated graphs with drains at balances passed, so the generator
+#:   does not reach that case yet and keeps covering drains at balances);
 #: * ``lifted_counts_tombstones`` (found by this generator, not in issue 9): a stage in a
 #:   ``fork_join``/``partition`` branch that skips or dead-letters an item also counts the
 #:   tombstone it passes on in ``items_out``, so the item is counted twice.
@@ -62,7 +64,6 @@ KNOWN_BUGS: set[str] = {
     "fanout_after_unordered_pool",
     "flat_map_generator_retry",
     "cancel_with_collect",
-    "drain_at_balance",
     "lifted_counts_tombstones",
 }
 #: ``TRIOFLOW_GEN_KNOWN_BUGS=name,name`` (or empty) overrides the set for one run, to hunt
