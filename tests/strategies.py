@@ -125,8 +125,10 @@ class OpSpec:
     """One operator of a chain.
 
     ``mode`` is one of: ``sync`` (fused), ``async`` (own task, concurrency 1), ``pool``
-    (async, ``concurrency`` workers, ordered, virtual per-item delays), ``gen``/``agen``
-    (flat_map with a generator / async generator), ``timer`` (batch with a timeout).
+    (async, ``concurrency`` workers, ordered, virtual per-item delays), ``upool`` (the same
+    pool with ``ordered=False``: its output is the reference as a multiset only; never
+    drawn by ``op_specs``), ``gen``/``agen`` (flat_map with a generator / async
+    generator), ``timer`` (batch with a timeout).
     """
 
     kind: str
@@ -148,7 +150,7 @@ class OpSpec:
         if self.kind in ("take", "skip", "batch"):
             parts.append(str(self.n))
         parts.append(self.mode)
-        if self.mode == "pool":
+        if self.mode in ("pool", "upool"):
             parts.append(f"c={self.concurrency},w={self.window}")
         if self.post:
             parts.append(f"post={self.post}/{self.post_mode}")
@@ -162,15 +164,16 @@ class OpSpec:
 
     def stages(self) -> list[tf.Stage[Any, Any]]:
         kw: dict[str, Any] = {"buffer": self.buffer} if self.buffer is not None else {}
-        asyncish = self.mode in ("async", "pool")
-        salt = self.salt if self.mode == "pool" else None
+        asyncish = self.mode in ("async", "pool", "upool")
+        salt = self.salt if self.mode in ("pool", "upool") else None
         if self.kind in ("map", "hop"):
             f: Callable[[Any], Any] = MAP_FNS[self.fn] if self.kind == "map" else _identity
             if not asyncish:
                 return [tf.map(f)]
             extra: dict[str, Any] = {}
-            if self.mode == "pool":
-                extra = {"concurrency": self.concurrency, "window": self.window}
+            if self.mode in ("pool", "upool"):
+                extra = {"concurrency": self.concurrency, "window": self.window,
+                         "ordered": self.mode == "pool"}
             return [tf.map(_async1(f, self.yields, salt), **extra, **kw)]
         if self.kind == "filter":
             p = PREDICATES[self.fn]
@@ -210,6 +213,18 @@ class OpSpec:
                 post = tf.map(pf) if self.post_mode == "sync" else tf.map(_async1(pf, self.yields, None))
             return [b, post]
         raise AssertionError(self.kind)
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the stage keeps the order of its input."""
+        return self.mode != "upool"
+
+    @property
+    def elementwise(self) -> bool:
+        """Whether the stage treats each item on its own (its output, as a multiset, does
+        not depend on the order of its input)."""
+        return self.kind in ("map", "hop", "filter", "flat_map") or (
+            self.kind == "batch" and self.post == "flatten")
 
     # ---- reference side
 
