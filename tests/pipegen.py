@@ -60,12 +60,7 @@ from trioflow.testing import InjectedFault, ResourceTracker
 #: * ``lifted_counts_tombstones`` (found by this generator, not in issue 9): a stage in a
 #:   ``fork_join``/``partition`` branch that skips or dead-letters an item also counts the
 #:   tombstone it passes on in ``items_out``, so the item is counted twice.
-KNOWN_BUGS: set[str] = {
-    "fanout_after_unordered_pool",
-    "flat_map_generator_retry",
-    "cancel_with_collect",
-    "lifted_counts_tombstones",
-}
+KNOWN_BUGS: set[str] = set()  # all four found so far are fixed (issue 9)
 #: ``TRIOFLOW_GEN_KNOWN_BUGS=name,name`` (or empty) overrides the set for one run, to hunt
 #: with a bug's configurations back in without editing the file.
 if (_override := os.environ.get("TRIOFLOW_GEN_KNOWN_BUGS")) is not None:

@@ -230,11 +230,13 @@ class Graph:
         return Node(self, self._append(spec, (self._check_input(input, "input", spec),)), spec.operator)
 
     def balance(self, input: Input[T], *, name: str | None = None) -> Node[T]:
-        """Each item to exactly one consumer: the one with the most room in its edge.
+        """Each item to exactly one consumer: the first free branch.
 
-        * emits: each item once, to the branch with the most free buffer (a chunk may be
-          split across branches); order across branches is not kept;
-        * backpressure: waits only when every branch's edge is full;
+        * emits: each item once, to a branch whose stage waits for input, as many items as
+          that stage can start at once (one for a single task, the idle workers of a pool);
+          a chunk may be split across branches; order across branches is not kept;
+        * backpressure: waits while no branch is free (items never queue behind a busy
+          branch);
         * completes: when the input completes;
         * cancelled: by the run; a branch that stopped gets no more items;
         * on error: none of its own.

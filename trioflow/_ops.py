@@ -57,6 +57,7 @@ class Op:
         assert guard is not None
         out: Chunk = []
         n = 0
+        tombstones = 0
         for x in chunk:
             if self.done:
                 break
@@ -66,15 +67,17 @@ class Op:
             except Exception as exc:
                 self.errors += 1
                 if self.envelope:
-                    # a branch never drops an envelope: the join would wait for it
+                    # a branch never drops an envelope: the join would wait for it (a
+                    # placeholder, not an output: the item counts as skipped or dead-lettered)
                     guard.handle(exc, x[1])
                     out.append((x[0], DROPPED))
+                    tombstones += 1
                 else:
                     guard.handle(exc, x)
                 continue
             out.extend(produced)
         self.n_in += n
-        self.n_out += len(out)
+        self.n_out += len(out) - tombstones
         return out
 
     def flush(self) -> Chunk:

@@ -34,7 +34,6 @@ import trio
 from .._backends import Backend, BackendRunner
 from .._plan import PlanNode
 from .._stage import (
-    DROPPED,
     FilterStage,
     FlatMapStage,
     FnSink,
@@ -234,7 +233,7 @@ class BackendHead(Head):
             if not await self.recover(err, item):
                 raise err
             # its place in the order is handed on, empty (in a branch: a tombstone)
-            results.append((item[0], DROPPED) if self.envelope else _SKIPPED)
+            results.append(self.tombstone(item) if self.envelope else _SKIPPED)
         await self._deposit(seq, results)
 
     def _done(self, calls: int) -> None:

@@ -17,7 +17,6 @@ from .._errors import RunAborted, annotate
 from .._plan import PlanNode
 from .._policies import Restart, Supervisor
 from .._stage import (
-    DROPPED,
     Adaptive,
     FilterStage,
     FlatMapStage,
@@ -375,7 +374,7 @@ class PoolHead(Head):
                 if not await self.recover(exc, item):
                     raise
                 # its place in the order is handed on, empty (in a branch: a tombstone)
-                r = (item[0], DROPPED) if self.envelope else _SKIPPED
+                r = self.tombstone(item) if self.envelope else _SKIPPED
             finally:
                 self.in_flight -= 1
             current[0] = None
@@ -400,7 +399,7 @@ class PoolHead(Head):
             except Exception as exc:
                 if not await self.recover(exc, item):
                     raise
-                r = (item[0], DROPPED) if self.envelope else _SKIPPED
+                r = self.tombstone(item) if self.envelope else _SKIPPED
         finally:
             self.in_flight -= 1
             self._running -= 1

@@ -22,6 +22,7 @@ from .._ops import (
 )
 from .._plan import PlanNode, PlanSegment
 from .._policies import Fail, Guard, with_retry_and_timeout
+from .._stage import DROPPED
 
 #: Bound on how long an async iterator's ``aclose`` may take when a run ends.
 _ACLOSE_TIMEOUT = 5.0
@@ -102,6 +103,14 @@ class Head:
         self.errors += 1
         await guard.ahandle(exc, item[1] if self.envelope else item)  # type: ignore[index]
         return True
+
+    def tombstone(self, item: tuple[int, Any]) -> tuple[int, Any]:
+        """The placeholder a branch stage hands on for an envelope it skipped or
+        dead-lettered (the join waits for every number). It is handed on and counted like a
+        result, so it is taken off ``n_out`` here: a failed item is counted once, as
+        skipped or dead-lettered, never also as an output."""
+        self.n_out -= 1
+        return (item[0], DROPPED)
 
     def failed(self, exc: BaseException, item: object, *, has_item: bool = True) -> None:
         if getattr(exc, "_trioflow_annotated", False):
