@@ -384,8 +384,10 @@ def flat_map(
     64) and then waits, so at most about ``window * inner_buffer`` outputs are held (window:
     2·N items). Unordered, each output is handed on as soon as it is produced (outputs of
     different items interleave). Under an error policy (``on_error``, ``retry``,
-    ``timeout``) an async generator's outputs are collected whole before any is handed on,
-    so a failed item is retried or skipped whole and never emitted in part.
+    ``timeout``) a generator's (sync or async) outputs are collected whole before any is
+    handed on, so a failed item is retried or skipped whole and never emitted in part: a
+    retry calls ``fn(item)`` again and iterates it from the start, and what the failed
+    attempt had yielded is discarded, never emitted twice.
 
     * emits: the produced items in order, item by item for async generators; with
       ``concurrency``, in input order of their items unless ``ordered=False``;
