@@ -482,3 +482,8 @@ def test_port_of_another_graph_names_both_nodes() -> None:
     g = tf.Graph()
     _raises(tf.DefinitionValueError, lambda: g.add(tf.to_list(name="evens"), router[0]),
             "input of 'evens' is a port of 'by_kind', a node of another graph")
+
+
+def test_stage_followed_by_a_sink_says_what_to_write_instead() -> None:
+    with pytest.raises(tf.DefinitionTypeError, match=r"not by the sink .*source \| stages \| sink"):
+        tf.map(lambda x: x) | tf.to_list()  # type: ignore[operator]

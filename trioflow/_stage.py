@@ -164,6 +164,12 @@ class Stage(Generic[In, Out]):
 
     def __or__(self, other: Stage[Out, V]) -> Stage[In, V]:
         """Compose two stages into one reusable fragment (``map(f) | filter(p)``)."""
+        if isinstance(other, Sink):
+            raise DefinitionTypeError(
+                f"a stage can be followed by a stage, not by the sink {other!r}: a fragment of "
+                "stages has no source to run; write `source | stages | sink` (a fragment "
+                "`fragment = map(f) | filter(p)` goes in as `source | fragment | sink`)"
+            )
         if not isinstance(other, Stage):
             raise DefinitionTypeError(f"a stage can be followed by a stage, got {other!r}")
         return Chain(stages=(*_flat(self), *_flat(other)))
