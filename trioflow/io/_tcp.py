@@ -1,0 +1,680 @@
+"""A TCP server as a push source: ``tcp_source(port, ...)``.
+
+Theory of operation. Each run of the flow opens its own listeners (``trio.open_tcp_listeners``)
+and builds a fresh ``TcpServer``, the live object that holds the connections and counters
+of that run (nothing is shared between runs). An accept loop per listener admits
+connections into a handler nursery; each connection is one task that
+
+1. waits for a chunk (``receive_some``) under two scopes: the drain scope
+   (``emit.cancel_on_drain()``) and the idle timer;
+2. feeds the chunk to its framer (``_framing``), which returns the records the chunk
+   completed and keeps the partial tail;
+3. decodes each record (``decode=``; a failure rejects that record only), delivers the
+   rejections to the ``rejects`` policy with the connection and the record's number, and
+   hands the chunk's good records on with *one* ``emit.many`` call.
+
+While downstream is full, ``emit.many`` waits, so the task does not call ``receive_some``:
+the socket's receive buffer fills and TCP flow control slows the client. What the source
+holds is therefore bounded per connection by one chunk (``RECEIVE_SIZE`` bytes and the
+records decoded from it) plus one partial record (at most ``max_frame`` bytes).
+
+Replies. With ``replies=Replies(...)`` a connection also has a bounded reply queue and a
+writer task. A rejection is answered at once; an accepted record is answered when the
+pipeline settles it (``_settle``, called with the record's token). Appending to the queue
+never waits: a client that does not read its replies fills the queue, and then that
+connection (only) is closed and counted (``reply_overflows``). Before a connection is closed
+gracefully, its reader waits until every record it handed on was settled and the writer
+has flushed the queue.
+
+Drain. The accept loops run under ``emit.cancel_on_drain()``; when a drain begins, they
+stop, the connections already completed in the listen backlog are accepted without
+waiting and refused with a reason line (so their clients see an orderly close, not a
+reset), and the listeners are closed. Each connection stops reading (its wait is under the
+same drain scope): the records of chunks already received are handed on (``emit`` keeps
+working during a drain), a partial record is rejected as incomplete, replies are flushed,
+and the connection is closed gracefully (send EOF, read and discard until the client
+closes, bounded by ``linger``). The source returns when the last connection is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, final, overload
+
+import attrs
+import trio
+
+from .._errors import DefinitionTypeError, DefinitionValueError
+from .._flow import Flow
+from .._operators import source
+from .._policies import DeadLetter, Guard, Skip
+from .._runtime import Emit
+from ._framing import RAW_KEPT, Frame, FrameError, Framer, Framing, Lines
+
+T = TypeVar("T")
+
+logger = logging.getLogger("trioflow")
+
+#: Bytes asked of the socket per ``receive_some``.
+RECEIVE_SIZE = 64 * 1024
+#: How long a refused connection (over the limit, or in the backlog at a drain) may take
+#: to receive its reason line before it is closed anyway.
+REFUSE_TIMEOUT = 1.0
+#: ``accept`` errors that mean "out of resources, try again shortly" (as trio.serve_listeners).
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ConnectionInfo:
+    """Which connection a record came from: a number unique within the run (from 1, in
+    order of acceptance) and the peer's address as ``host:port``."""
+
+    id: int
+    peer: str
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.peer}"
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Rejected:
+    """A record the source rejected (the ``item`` of its ``DeadLetterEntry``): the
+    connection, the record's number on that connection (from 1), its first KiB and the
+    reason (one line). The entry's ``exception`` is the error (a ``FrameError``, or what
+    ``decode`` raised)."""
+
+    connection: ConnectionInfo
+    line: int
+    raw: bytes
+    reason: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Received(Generic[T]):
+    """A record accepted by the source, as the reply functions see it: the decoded value,
+    its connection and its number on that connection (from 1)."""
+
+    value: T
+    connection: ConnectionInfo
+    line: int
+
+
+def _default_ok(record: Received[Any]) -> str:
+    return f"ok {record.line}"
+
+
+def _default_err(line: int, reason: str) -> str:
+    return f"err {line} {reason}"
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Replies:
+    """Answer on the connection that sent each record, one line per record.
+
+    * ``ok(record)``: the reply for a record the pipeline settled without error (committed
+      or filtered out); default ``"ok <line>"``.
+    * ``err(line, reason)``: the reply for a record rejected by the source (framing or
+      ``decode``) or failed downstream (skipped or dead-lettered); default
+      ``"err <line> <reason>"``.
+    * ``buffer``: how many replies may wait for a connection whose client does not read
+      them; one more closes that connection (counted in ``reply_overflows``).
+
+    A function returns the line without its ``\\n`` (a ``str``, encoded as UTF-8), or
+    ``None`` for no reply. Replies are written in the order records are settled, which is
+    not always the order they were sent: each names its record.
+    """
+
+    ok: Callable[[Received[Any]], str | None] = _default_ok
+    err: Callable[[int, str], str | None] = _default_err
+    buffer: int = 1024
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("ok", "err"):
+            if not callable(getattr(self, name)):
+                raise DefinitionTypeError(
+                    f"{name} of Replies must be a function, got {getattr(self, name)!r}")
+        _check_int("buffer of Replies", self.buffer, 1)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class TcpStatistics:
+    """A snapshot of a TCP source's counters (``TcpServer.statistics()``)."""
+
+    #: connections admitted (served), over the whole run
+    connections: int
+    #: connections open now
+    open: int
+    #: connections refused: over ``max_connections``, or found in the backlog at a drain
+    refused: int
+    #: connections closed by ``idle_timeout``
+    idle_closed: int
+    #: connections reset by the peer (or broken) while being read
+    resets: int
+    #: connections closed because a frame could not be resynchronised (fatal ``FrameError``)
+    frame_errors: int
+    #: connections closed because the client did not read its replies
+    reply_overflows: int
+    bytes_received: int
+    #: records handed on downstream
+    records: int
+    #: records rejected (framing, ``decode``, partial records at a close), each delivered
+    #: to ``rejects``
+    rejected: int
+    #: of ``rejected``: partial records dropped when a connection ended mid-record
+    partial: int
+    #: empty lines skipped (``Lines(skip_empty=True)``)
+    skipped: int
+    #: records decoded and not yet handed on (waiting for room downstream), now
+    held: int
+    #: the highest ``held`` seen
+    peak_held: int
+    replies_sent: int
+    #: replies not sent: their connection was closed first
+    replies_dropped: int
+
+
+def _check_int(what: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DefinitionValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_seconds(what: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value <= 0:
+        raise DefinitionValueError(f"{what} must be a number of seconds > 0 or None, got {value!r}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.reason if isinstance(exc, FrameError) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class _Token:
+    """What the pipeline carries back for one accepted record (its acknowledgement)."""
+
+    __slots__ = ("conn", "line", "value")
+
+    def __init__(self, conn: _Connection, line: int, value: Any) -> None:
+        self.conn = conn
+        self.line = line
+        self.value = value
+
+
+class _Connection:
+    """The live state of one connection."""
+
+    __slots__ = (
+        "_all_settled", "info", "line", "pending", "reply_recv", "reply_send", "scope", "server",
+        "stream",
+    )
+
+    def __init__(self, server: TcpServer, stream: trio.SocketStream, info: ConnectionInfo) -> None:
+        self.server = server
+        self.stream = stream
+        self.info = info
+        self.line = 0
+        #: records handed on with a token and not yet settled
+        self.pending = 0
+        self._all_settled: trio.Event | None = None
+        self.scope = trio.CancelScope()
+        self.reply_send: trio.MemorySendChannel[bytes] | None = None
+        self.reply_recv: trio.MemoryReceiveChannel[bytes] | None = None
+        if server.spec.replies is not None:
+            self.reply_send, self.reply_recv = trio.open_memory_channel[bytes](server.spec.replies.buffer)
+
+    def reply(self, text: str | None) -> None:
+        """Queue one reply line; never waits. A full queue closes the connection."""
+        if text is None or self.reply_send is None:
+            return
+        try:
+            self.reply_send.send_nowait(text.encode() + b"\n")
+        except trio.WouldBlock:
+            self.server._reply_overflows += 1
+            self.server._replies_dropped += 1
+            logger.warning("trioflow: tcp connection %s does not read its replies (%d queued): closed",
+                           self.info, self.server.spec.replies.buffer if self.server.spec.replies else 0)
+            self.reply_send.close()
+            self.scope.cancel()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.server._replies_dropped += 1
+
+    def settle(self, token: _Token, error: BaseException | None) -> None:
+        """The pipeline is done with one of this connection's records."""
+        replies = self.server.spec.replies
+        if replies is not None:
+            if error is None:
+                record = Received(value=token.value, connection=self.info, line=token.line)
+                self.reply(replies.ok(record))
+            else:
+                self.reply(replies.err(token.line, _one_line(error)))
+        self.pending -= 1
+        if self.pending == 0 and self._all_settled is not None:
+            self._all_settled.set()
+
+    async def wait_settled(self) -> None:
+        if self.pending:
+            self._all_settled = trio.Event()
+            await self._all_settled.wait()
+
+    async def write_replies(self) -> None:
+        assert self.reply_recv is not None
+        recv = self.reply_recv
+        server = self.server
+        try:
+            async for first in recv:
+                batch = [first]
+                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                    while len(batch) < 1024:
+                        batch.append(recv.receive_nowait())
+                await self.stream.send_all(b"".join(batch))
+                server._replies_sent += len(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.scope.cancel()  # the client is gone: nothing more to read or answer
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@final
+class TcpServer:
+    """The live server of one run of a ``tcp_source``: given to ``on_listening`` once the
+    listeners are bound (before ``nursery.start(flow.run)`` returns). Not built by users.
+
+    ``addresses`` lists the bound ``(host, port)`` pairs, ``port`` the first one's port (the
+    ephemeral port when the source asked for port 0); ``statistics()`` reads a snapshot of
+    the counters.
+    """
+
+    def __init__(self, spec: _TcpSpec, emit: Emit[Any], listeners: list[trio.SocketListener]) -> None:
+        self.spec = spec
+        self._emit = emit
+        self._listeners = listeners
+        self._guard = Guard(spec.name or "tcp_source", spec.rejects)
+        self._next_id = 0
+        self._open = 0
+        self._refused = 0
+        self._idle_closed = 0
+        self._resets = 0
+        self._frame_errors = 0
+        self._reply_overflows = 0
+        self._bytes = 0
+        self._records = 0
+        self._rejected = 0
+        self._partial = 0
+        self._skipped = 0
+        self._held = 0
+        self._peak_held = 0
+        self._replies_sent = 0
+        self._replies_dropped = 0
+        self.addresses: list[tuple[str, int]] = [
+            (sockname[0], sockname[1]) for sockname in (lst.socket.getsockname() for lst in listeners)
+        ]
+
+    @property
+    def port(self) -> int:
+        """The port of the first listener (all listeners share it)."""
+        return self.addresses[0][1]
+
+    def statistics(self) -> TcpStatistics:
+        """A frozen snapshot of the counters."""
+        return TcpStatistics(
+            connections=self._next_id, open=self._open, refused=self._refused,
+            idle_closed=self._idle_closed, resets=self._resets, frame_errors=self._frame_errors,
+            reply_overflows=self._reply_overflows, bytes_received=self._bytes, records=self._records,
+            rejected=self._rejected, partial=self._partial, skipped=self._skipped, held=self._held,
+            peak_held=self._peak_held, replies_sent=self._replies_sent,
+            replies_dropped=self._replies_dropped,
+        )
+
+    # ------------------------------------------------------------------------ accepting
+
+    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.warning("trioflow: tcp accept failed (%s); waiting 100 ms", exc)
+                await trio.sleep(0.1)
+                continue
+            self._admit(stream, handlers)
+
+    def _admit(self, stream: trio.SocketStream, handlers: trio.Nursery) -> None:
+        if self._open >= self.spec.max_connections:
+            self._refused += 1
+            reason = f"too many connections (limit {self.spec.max_connections})"
+            handlers.start_soon(self._refuse, stream, reason)
+            return
+        self._next_id += 1
+        self._open += 1
+        info = ConnectionInfo(id=self._next_id, peer=_peer(stream))
+        handlers.start_soon(self._serve_connection, _Connection(self, stream, info))
+
+    def _accept_backlog(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        """Accept, without waiting, the connections the kernel completed before the drain:
+        their clients believe they are connected, so they get a reason and an orderly close
+        instead of a reset when the listener closes."""
+        with socket.socket(fileno=os.dup(listener.socket.fileno())) as sock:
+            sock.setblocking(False)
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:  # BlockingIOError: the backlog is empty
+                    return
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+                self._refused += 1
+                handlers.start_soon(self._refuse, stream, "server is shutting down")
+
+    async def _refuse(self, stream: trio.SocketStream, reason: str) -> None:
+        with trio.move_on_after(REFUSE_TIMEOUT):
+            try:
+                await stream.send_all(f"error: {reason}\n".encode())
+                await stream.send_eof()
+                while await stream.receive_some(RECEIVE_SIZE):  # read to EOF: close with a FIN
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(stream)
+
+    # ------------------------------------------------------------------------- reading
+
+    async def _serve_connection(self, conn: _Connection) -> None:
+        graceful = False
+        try:
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    if conn.reply_recv is not None:
+                        nursery.start_soon(conn.write_replies)
+                    graceful = await self._read(conn)
+                    if graceful:
+                        await conn.wait_settled()  # every record handed on has its reply queued
+                    if conn.reply_send is not None:
+                        conn.reply_send.close()  # the writer flushes the queue, then ends
+                if graceful:
+                    await self._close_gracefully(conn.stream)
+        finally:
+            self._open -= 1
+            if conn.reply_recv is not None:
+                self._replies_dropped += conn.reply_recv.statistics().current_buffer_used
+            await trio.aclose_forcefully(conn.stream)
+
+    async def _read(self, conn: _Connection) -> bool:
+        """Read, frame and hand on records until the connection ends; return whether it
+        may be closed gracefully (send EOF and linger)."""
+        emit = self._emit
+        framer = self.spec.framing.framer()
+        receive = conn.stream.receive_some
+        idle = self.spec.idle_timeout
+        while True:
+            try:
+                with emit.cancel_on_drain() as drain:
+                    if idle is None:
+                        data = await receive(RECEIVE_SIZE)
+                    else:
+                        while True:
+                            with trio.move_on_after(idle) as timer:
+                                data = await receive(RECEIVE_SIZE)
+                            # a client waiting for the replies to what it sent is not idle
+                            if not timer.cancelled_caught or not conn.pending:
+                                break
+            except trio.BrokenResourceError:
+                self._resets += 1
+                await self._reject_tail(conn, framer, "connection reset mid-record")
+                return False
+            if drain.cancelled_caught:
+                await self._reject_tail(conn, framer, "server draining: incomplete record dropped")
+                return True
+            if idle is not None and timer.cancelled_caught:
+                self._idle_closed += 1
+                await self._reject_tail(conn, framer, f"idle for {idle:g} s: incomplete record dropped")
+                return True
+            if not data:
+                await self._reject_tail(conn, framer, "connection closed mid-record")
+                return True
+            self._bytes += len(data)
+            frames = framer.feed(data)
+            if frames and not await self._hand_on(conn, frames):
+                return True
+
+    async def _hand_on(self, conn: _Connection, frames: list[Frame]) -> bool:
+        """Decode a chunk's records and emit the good ones together; return False after a
+        fatal framing error (the connection must close)."""
+        decode = self.spec.decode
+        acks = self.spec.replies is not None and _ACKS
+        values: list[Any] = []
+        tokens: list[_Token] = []
+        line = conn.line
+        go_on = True
+        for frame in frames:
+            line += 1
+            if frame is None:
+                self._skipped += 1
+            elif frame.__class__ is FrameError:
+                assert isinstance(frame, FrameError)
+                conn.line = line
+                await self._reject(conn, line, frame.raw, frame)
+                if frame.fatal:
+                    self._frame_errors += 1
+                    go_on = False
+                    break
+            else:
+                if decode is not None:
+                    try:
+                        value = decode(frame)  # type: ignore[arg-type]
+                    except Exception as exc:
+                        conn.line = line
+                        await self._reject(conn, line, frame, exc)  # type: ignore[arg-type]
+                        continue
+                else:
+                    value = frame
+                values.append(value)
+                if acks:
+                    tokens.append(_Token(conn, line, value))
+        conn.line = line
+        if values:
+            n = len(values)
+            self._held += n
+            if self._held > self._peak_held:
+                self._peak_held = self._held
+            try:
+                if acks:
+                    conn.pending += n
+                    await self._emit.many(values, acks=tokens)  # type: ignore[call-arg]
+                else:
+                    await self._emit.many(values)
+            finally:
+                self._held -= n
+            self._records += n
+        return go_on
+
+    async def _reject(self, conn: _Connection, line: int, raw: bytes, exc: Exception) -> None:
+        self._rejected += 1
+        reason = _one_line(exc)
+        rejected = Rejected(connection=conn.info, line=line, raw=raw[:RAW_KEPT], reason=reason)
+        await self._guard.ahandle(exc, rejected)
+        replies = self.spec.replies
+        if replies is not None:
+            conn.reply(replies.err(line, reason))
+
+    async def _reject_tail(self, conn: _Connection, framer: Framer, reason: str) -> None:
+        tail = framer.tail()
+        if tail:
+            self._partial += 1
+            conn.line += 1
+            await self._reject(conn, conn.line, tail, FrameError(f"{reason} ({len(tail)} bytes)", raw=tail))
+
+    async def _close_gracefully(self, stream: trio.SocketStream) -> None:
+        """Send EOF, then read and discard until the client closes (bounded by ``linger``):
+        closing a socket with unread input would send a reset, which can destroy replies
+        the client has not read yet."""
+        with trio.move_on_after(self.spec.linger):
+            try:
+                await stream.send_eof()
+                while await stream.receive_some(RECEIVE_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+
+#: The defaults of ``tcp_source`` (specs are immutable, so one instance serves every call).
+_LINES = Lines()
+_SKIP = Skip()
+
+#: Whether the core passes acknowledgements to sources (set once the runtime has them).
+_ACKS = False
+
+
+def _settle(acks: list[Any]) -> None:
+    """The source's acknowledgement callback: route each settled record to its connection."""
+    for ack in acks:
+        token: _Token = ack.token
+        token.conn.settle(token, ack.error)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class _TcpSpec:
+    host: str | None
+    port: int
+    framing: Framing
+    decode: Callable[[bytes], Any] | None
+    max_connections: int
+    idle_timeout: float | None
+    linger: float
+    rejects: DeadLetter | Skip
+    replies: Replies | None
+    on_listening: Callable[[TcpServer], object] | None
+    backlog: int | None
+    name: str | None
+
+    async def serve(self, emit: Emit[Any], *, task_status: trio.TaskStatus[None]) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host, backlog=self.backlog)
+        try:
+            server = TcpServer(self, emit, listeners)
+            if self.on_listening is not None:
+                self.on_listening(server)
+            async with trio.open_nursery() as handlers:
+                task_status.started()
+                with emit.cancel_on_drain():
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            acceptors.start_soon(server._accept_loop, listener, handlers)
+                for listener in listeners:
+                    server._accept_backlog(listener, handlers)
+                    listener.socket.close()
+        finally:
+            for listener in listeners:
+                listener.socket.close()
+
+
+@overload
+def tcp_source(
+    port: int, *, host: str | None = None, framing: Framing = ..., decode: None = None,
+    max_connections: int = 1024, idle_timeout: float | None = 300.0, linger: float = 2.0,
+    rejects: DeadLetter | Skip = ..., replies: Replies | None = None,
+    on_listening: Callable[[TcpServer], object] | None = None, backlog: int | None = None,
+    name: str | None = None,
+) -> Flow[bytes]: ...
+@overload
+def tcp_source(
+    port: int, *, host: str | None = None, framing: Framing = ..., decode: Callable[[bytes], T],
+    max_connections: int = 1024, idle_timeout: float | None = 300.0, linger: float = 2.0,
+    rejects: DeadLetter | Skip = ..., replies: Replies | None = None,
+    on_listening: Callable[[TcpServer], object] | None = None, backlog: int | None = None,
+    name: str | None = None,
+) -> Flow[T]: ...
+def tcp_source(
+    port: int,
+    *,
+    host: str | None = None,
+    framing: Framing = _LINES,
+    decode: Callable[[bytes], Any] | None = None,
+    max_connections: int = 1024,
+    idle_timeout: float | None = 300.0,
+    linger: float = 2.0,
+    rejects: DeadLetter | Skip = _SKIP,
+    replies: Replies | None = None,
+    on_listening: Callable[[TcpServer], object] | None = None,
+    backlog: int | None = None,
+    name: str | None = None,
+) -> Flow[Any]:
+    """A source that serves TCP on ``port`` (0: an ephemeral port) and emits the records
+    its clients send: the frames of ``framing`` (default ``Lines()``: newline-delimited,
+    ``max_frame`` 64 KiB), each passed through ``decode`` if given (e.g. ``json.loads``).
+
+    ``host`` as in ``trio.open_tcp_listeners`` (``None``: every interface). Readiness: once
+    the listeners are bound, ``on_listening(server)`` is called with the run's
+    ``TcpServer`` (``server.port``, ``server.statistics()``), before
+    ``nursery.start(flow.run)`` returns. See ``docs/tcp.md``.
+
+    * emits: the records of each received chunk together, in order per connection
+      (connections interleave);
+    * backpressure: while the next edge is full a connection does not read its socket, so
+      TCP flow control slows its client; the source holds at most one chunk per connection;
+    * completes: after a drain (it never ends on its own): it stops accepting, refuses the
+      connections waiting in the backlog, stops reading, hands on the complete records it
+      received, flushes the replies and closes every connection gracefully;
+    * cancelled: by the run (the drain's deadline, ``handle.cancel()``): connections are
+      closed at once;
+    * on error: a bad record (framing, ``decode``) is rejected to ``rejects`` (a
+      ``DeadLetterEntry`` whose item is a ``Rejected`` with the connection and the record's
+      number; default ``Skip()``: counted) and answered if ``replies`` is set; a broken,
+      idle, reset or over-the-limit connection is closed and counted; no client ever ends
+      the server. An error from a dead-letter target or from downstream fails the run.
+
+    ``max_connections``: connections over it are accepted and closed at once with a line
+    ``error: too many connections (limit N)``. ``idle_timeout``: a connection that sends
+    nothing for that long while it has no record awaiting a reply is closed. ``linger``:
+    how long a graceful close waits for the client to close its side.
+    """
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise DefinitionValueError(f"port of tcp_source must be an int in 0..65535, got {port!r}")
+    if host is not None and not isinstance(host, str):
+        raise DefinitionTypeError(f"host of tcp_source must be a str or None, got {host!r}")
+    if not isinstance(framing, Framing):
+        raise DefinitionTypeError(
+            f"framing of tcp_source must be Lines(), LengthPrefixed() or an object with a framer() "
+            f"method, got {framing!r}"
+        )
+    if decode is not None and not callable(decode):
+        raise DefinitionTypeError(f"decode of tcp_source must be a function or None, got {decode!r}")
+    _check_int("max_connections of tcp_source", max_connections, 1)
+    _check_seconds("idle_timeout of tcp_source", idle_timeout)
+    if linger is None:
+        raise DefinitionValueError("linger of tcp_source must be a number of seconds > 0, got None")
+    _check_seconds("linger of tcp_source", linger)
+    if not isinstance(rejects, DeadLetter | Skip):
+        raise DefinitionTypeError(f"rejects of tcp_source must be DeadLetter(...) or Skip(), got {rejects!r}")
+    if replies is not None and not isinstance(replies, Replies):
+        raise DefinitionTypeError(f"replies of tcp_source must be a Replies(...) or None, got {replies!r}")
+    if on_listening is not None and not callable(on_listening):
+        raise DefinitionTypeError(
+            f"on_listening of tcp_source must be a function or None, got {on_listening!r}")
+    if backlog is not None:
+        _check_int("backlog of tcp_source", backlog, 1)
+    spec = _TcpSpec(
+        host=host, port=port, framing=framing, decode=decode, max_connections=max_connections,
+        idle_timeout=idle_timeout, linger=linger, rejects=rejects, replies=replies,
+        on_listening=on_listening, backlog=backlog, name=name,
+    )
+    return source(spec.serve, name=name)
