@@ -496,6 +496,7 @@ class TcpServer:
             self._held += n
             if self._held > self._peak_held:
                 self._peak_held = self._held
+            self._records += n  # before: the put may run the consumer before it returns
             try:
                 if acks:
                     conn.pending += n
@@ -504,7 +505,6 @@ class TcpServer:
                     await self._emit.many(values)
             finally:
                 self._held -= n
-            self._records += n
         return go_on
 
     async def _reject(self, conn: _Connection, line: int, raw: bytes, exc: Exception) -> None:
