@@ -22,6 +22,8 @@ Workloads (each in its own module, which also shows how to write the trioflow ve
   inline, and a blocking ``time.sleep(0.01)`` on ``Threads(limit=16)`` against inline.
 * ``backend_overhead`` (bench_backends.py): per-item cost of each backend for a trivial
   function, with chunking on (``chunk=256``) and off (``chunk=1``).
+* ``tcp`` (bench_tcp.py): ``tcp_source`` parsing NDJSON over loopback against a plain Trio
+  server, at 10 and at 1,000 connections.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import bench_fanout
 import bench_io
 import bench_linear
 import bench_parallel
+import bench_tcp
 import trio
 from harness import Workload, format_table, run_workload
 
@@ -61,6 +64,7 @@ WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] 
     "parallel": (25, 4, 3, 3, bench_parallel.workload),
     "backends": (400, 48, 3, 1, bench_backends.workload),
     "backend_overhead": (20_000, 2_000, 5, 2, bench_backends.overhead_workload),
+    "tcp": (200_000, 20_000, 5, 2, bench_tcp.workload),
 }
 
 

@@ -45,6 +45,7 @@ import math
 import os
 import socket
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any, Generic, TypeVar, final, overload
 
 import attrs
@@ -68,6 +69,8 @@ RECEIVE_SIZE = 64 * 1024
 REFUSE_TIMEOUT = 1.0
 #: ``accept`` errors that mean "out of resources, try again shortly" (as trio.serve_listeners).
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: What a framer returns besides frames: rejections and skipped records.
+_SPECIAL = (FrameError, type(None))
 
 
 @final
@@ -459,38 +462,13 @@ class TcpServer:
     async def _hand_on(self, conn: _Connection, frames: list[Frame]) -> bool:
         """Decode a chunk's records and emit the good ones together; return False after a
         fatal framing error (the connection must close)."""
-        decode = self.spec.decode
-        acks = self.spec.replies is not None and _ACKS
-        values: list[Any] = []
-        tokens: list[_Token] = []
-        line = conn.line
-        go_on = True
-        for frame in frames:
-            line += 1
-            if frame is None:
-                self._skipped += 1
-            elif frame.__class__ is FrameError:
-                assert isinstance(frame, FrameError)
-                conn.line = line
-                await self._reject(conn, line, frame.raw, frame)
-                if frame.fatal:
-                    self._frame_errors += 1
-                    go_on = False
-                    break
-            else:
-                if decode is not None:
-                    try:
-                        value = decode(frame)  # type: ignore[arg-type]
-                    except Exception as exc:
-                        conn.line = line
-                        await self._reject(conn, line, frame, exc)  # type: ignore[arg-type]
-                        continue
-                else:
-                    value = frame
-                values.append(value)
-                if acks:
-                    tokens.append(_Token(conn, line, value))
-        conn.line = line
+        line0 = conn.line
+        if any(map(isinstance, frames, repeat(_SPECIAL, len(frames)))):
+            values, numbered, go_on = await self._sort_out(conn, frames)
+            lines: list[int] | None = numbered
+        else:  # the hot path: every entry is a frame
+            values, lines = await self._decode(conn, frames)
+            go_on = True
         if values:
             n = len(values)
             self._held += n
@@ -498,7 +476,9 @@ class TcpServer:
                 self._peak_held = self._held
             self._records += n  # before: the put may run the consumer before it returns
             try:
-                if acks:
+                if self.spec.replies is not None and _ACKS:
+                    numbers = range(line0 + 1, line0 + 1 + n) if lines is None else lines
+                    tokens = [_Token(conn, line, value) for line, value in zip(numbers, values, strict=True)]
                     conn.pending += n
                     await self._emit.many(values, acks=tokens)  # type: ignore[call-arg]
                 else:
@@ -506,6 +486,53 @@ class TcpServer:
             finally:
                 self._held -= n
         return go_on
+
+    async def _decode(self, conn: _Connection, frames: list[Any]) -> tuple[list[Any], list[int] | None]:
+        """Decode frames; reject those ``decode`` fails on. Returns the values and, when some
+        failed, the line number of each value (else they are consecutive)."""
+        decode = self.spec.decode
+        line0 = conn.line
+        conn.line = line0 + len(frames)
+        if decode is None:
+            return frames, None
+        values: list[Any] = []
+        failed: list[tuple[int, Exception]] = []
+        rest = iter(frames)
+        while True:
+            try:
+                # C-level loop; when decode raises, extend keeps the values before the
+                # failure (as the fused operators rely on) and ``rest`` resumes after it
+                values.extend(map(decode, rest))
+                break
+            except Exception as exc:  # a bad record: the loop goes on after it
+                failed.append((len(values) + len(failed), exc))
+        if not failed:
+            return values, None
+        for index, error in failed:
+            await self._reject(conn, line0 + index + 1, frames[index], error)
+        bad = {index for index, _ in failed}
+        return values, [line0 + i + 1 for i in range(len(frames)) if i not in bad]
+
+    async def _sort_out(self, conn: _Connection, frames: list[Frame]) -> tuple[list[Any], list[int], bool]:
+        """The slow path, for a chunk with framing rejections or skipped records."""
+        values: list[Any] = []
+        lines: list[int] = []
+        for frame in frames:
+            if frame is None:
+                conn.line += 1
+                self._skipped += 1
+            elif isinstance(frame, FrameError):
+                conn.line += 1
+                await self._reject(conn, conn.line, frame.raw, frame)
+                if frame.fatal:
+                    self._frame_errors += 1
+                    return values, lines, False
+            else:
+                line0 = conn.line
+                more, numbers = await self._decode(conn, [frame])
+                values += more
+                lines += [line0 + 1] if numbers is None else numbers
+        return values, lines, True
 
     async def _reject(self, conn: _Connection, line: int, raw: bytes, exc: Exception) -> None:
         self._rejected += 1
