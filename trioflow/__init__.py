@@ -153,6 +153,7 @@ from ._policies import OnError as OnError
 from ._policies import Restart as Restart
 from ._policies import Retry as Retry
 from ._policies import Skip as Skip
+from ._report import RunReport as RunReport
 from ._runtime import Emit as Emit
 from ._runtime import ItemStream as ItemStream
 from ._runtime import RunHandle as RunHandle
@@ -224,6 +225,7 @@ __all__ = [
     "RunAborted",
     "SourceConsumedError",
     "RunHandle",
+    "RunReport",
     "RunState",
     "RunStatistics",
     "Sink",

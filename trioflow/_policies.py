@@ -70,7 +70,8 @@ class Collect(OnError):
     """Record the failure in the run's report and go on with the next item. When the run
     has completed, ``run`` raises one ``ExceptionGroup`` of every collected failure (each
     leaf noting its stage and item), after the sinks finished; ``handle.failures()`` lists
-    them as ``DeadLetterEntry`` values. Collected items count as ``dead_lettered``."""
+    them as ``DeadLetterEntry`` values. ``run(report=True)`` returns them in a
+    ``RunReport`` instead of raising. Collected items count as ``dead_lettered``."""
 
 
 def _check_target(instance: Any, attribute: Any, value: object) -> None:

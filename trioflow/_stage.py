@@ -37,6 +37,10 @@ class Lifecycle(enum.Enum):
     CONTINUOUS = "continuous"
     #: N worker tasks started with the run; each builds its resource once and reuses it.
     PERSISTENT = "persistent"
+    #: A pool of N worker tasks (at most N calls at once), each calling an async function
+    #: per item, with no resource: ``map``/``filter``/``tap``/``flat_map``/``sink`` with
+    #: ``concurrency=N`` (N > 1 or ``Adaptive``), and ``parallel``.
+    POOLED = "pooled"
     #: A fresh task and a fresh stage instance per item, bounded by a limit.
     ON_DEMAND = "on_demand"
 
@@ -432,7 +436,7 @@ class MapStage(FnStage[In, Out]):
 
     @property
     def lifecycle(self) -> Lifecycle:
-        return Lifecycle.PERSISTENT if self.pooled else Lifecycle.CONTINUOUS
+        return Lifecycle.POOLED if self.pooled else Lifecycle.CONTINUOUS
 
     @property
     def inline(self) -> bool:
@@ -511,7 +515,7 @@ class _Pooling:
 
     @property
     def lifecycle(self) -> Lifecycle:
-        return Lifecycle.PERSISTENT if self.pooled else Lifecycle.CONTINUOUS
+        return Lifecycle.POOLED if self.pooled else Lifecycle.CONTINUOUS
 
 
 @attrs.frozen(kw_only=True)

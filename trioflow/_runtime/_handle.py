@@ -13,6 +13,7 @@ import trio
 from .._edge import Edge
 from .._plan import Plan
 from .._policies import DeadLetterEntry
+from .._report import RunReport
 from .._stats import RunState, RunStatistics
 from ._runner import Runner
 
@@ -25,8 +26,9 @@ class RunHandle(Generic[R]):
     """A live run, as returned by ``await nursery.start(flow.run)``.
 
     ``statistics()`` reads a snapshot, ``cancel()`` aborts the run (``run`` then returns
-    quietly), ``await wait()`` waits for the end and returns the final state, and
-    ``result()`` gives the sink's result of a completed run.
+    quietly), ``await wait()`` waits for the end and returns the final state,
+    ``result()`` gives the sink's result of a completed run, and ``report()`` the
+    ``RunReport`` of a run that has ended.
     """
 
     __slots__ = ("_result", "_runner")
@@ -72,18 +74,40 @@ class RunHandle(Generic[R]):
         """The sink's result of a completed run; ``RuntimeError`` if it did not complete."""
         if self._runner.state is not RunState.COMPLETED:
             raise RuntimeError(f"the run has no result: it is {self._runner.state.value}")
+        return self._sink_result()
+
+    def _sink_result(self) -> R:
         if self._result is not None:
             return self._result()
         return self._runner.result()  # type: ignore[no-any-return]
 
+    def report(self) -> RunReport[R]:
+        """The ``RunReport`` of the run (results, counts, collected failures, duration),
+        once it has ended in any state; ``RuntimeError`` while it is still running. For a
+        failed or cancelled run, ``result`` is what the sinks held when it stopped."""
+        runner = self._runner
+        if not runner.finished:
+            raise RuntimeError(f"the run has no report yet: it is {runner.state.value}")
+        assert runner.started_at is not None and runner.finished_at is not None
+        return RunReport(
+            state=runner.state, result=self._sink_result(), results=runner.results(),
+            failures=tuple(runner.collected), errors=tuple(runner.errors),
+            duration=runner.finished_at - runner.started_at, statistics=runner.statistics(),
+        )
 
-async def run_to_completion(plan: Plan, task_status: trio.TaskStatus[Any]) -> Any:
+
+async def run_to_completion(
+    plan: Plan, task_status: trio.TaskStatus[Any], *, report: bool = False,
+    result: Callable[[Runner], Any] | None = None,
+) -> Any:
+    """Run ``plan``; return what ``result(runner)`` gives (default: the last sink's result),
+    or with ``report`` the run's ``RunReport``, raising for fail-fast errors only."""
     runner = Runner(plan)
-    handle: RunHandle[Any] = RunHandle(runner)
+    handle: RunHandle[Any] = RunHandle(runner, None if result is None else lambda: result(runner))
 
     await runner.run_tasks(lambda: task_status.started(handle))
-    runner.raise_errors()
-    return runner.result()
+    runner.raise_errors(collected=not report)
+    return handle.report() if report else handle._sink_result()
 
 
 class ItemStream(Generic[T]):

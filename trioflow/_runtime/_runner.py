@@ -12,6 +12,7 @@ from .._edge import Edge
 from .._plan import Plan
 from .._policies import DeadLetterEntry, Guard
 from .._stage import (
+    DiscardSink,
     JoinSpec,
     MergeSpec,
     OrderedMergeSpec,
@@ -83,6 +84,9 @@ class Runner:
         self.draining = False
         self._linked: list[trio.CancelScope] = []
         self._finished = trio.Event()
+        #: Trio clock at the start and the end of ``run_tasks`` (the report's duration)
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
         #: failures recorded by stages with ``on_error=Collect()``
         self.collected: list[DeadLetterEntry] = []
         self.edges: list[Edge] = [
@@ -188,6 +192,7 @@ class Runner:
         """Run every segment in one nursery; call ``on_ready`` when all are ready (not if
         the run failed while starting). Does not raise recorded errors: ``raise_errors``
         does, after the nursery is gone."""
+        self.started_at = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
@@ -227,15 +232,23 @@ class Runner:
                 if not seg.head_ran:
                     seg.head_ran = True
                     await seg.head.release()
+            self.finished_at = trio.current_time()
             self._finished.set()
 
-    def raise_errors(self, extra: Exception | None = None) -> None:
-        """Raise the recorded errors as one ExceptionGroup level (nothing if none)."""
+    @property
+    def finished(self) -> bool:
+        """The run has ended (completed, failed or cancelled) and cleaned up."""
+        return self._finished.is_set()
+
+    def raise_errors(self, extra: Exception | None = None, *, collected: bool = True) -> None:
+        """Raise the recorded errors as one ExceptionGroup level (nothing if none).
+        ``collected=False`` (a run asked for a report): the failures that ``Collect()``
+        recorded are not raised for themselves, only alongside errors of a failed run."""
         if self.errors:
             errors = [*self.errors, extra] if extra is not None else list(self.errors)
             errors += [e.exception for e in self.collected if isinstance(e.exception, Exception)]
             raise ExceptionGroup(f"trioflow run failed with {len(errors)} error(s)", errors)
-        if self.collected and not self._cancel_requested:
+        if collected and self.collected and not self._cancel_requested:
             # (a run cancelled through its handle returns quietly: the failures it had
             # collected stay readable through ``handle.failures()``)
             leaves = [e.exception for e in self.collected if isinstance(e.exception, Exception)]
@@ -255,7 +268,8 @@ class Runner:
         out: dict[str, Any] = {}
         for seg in self.segments:
             nodes = seg.plan.nodes
-            if nodes and isinstance(nodes[-1].spec, Sink):
+            # (``Flow.run``'s DiscardSink drops the items: it has no result to report)
+            if nodes and isinstance(nodes[-1].spec, Sink) and not isinstance(nodes[-1].spec, DiscardSink):
                 out[nodes[-1].name] = seg.sink_result()
         return out
 
