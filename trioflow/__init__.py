@@ -5,6 +5,7 @@
         lambda a, x: a + x, 0)).run()
 """
 
+from ._acks import Ack as Ack
 from ._backends import Backend as Backend
 from ._backends import BackendError as BackendError
 from ._backends import Dask as Dask
@@ -179,6 +180,7 @@ from ._stats import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ack",
     "Adaptive",
     "AllOrNothing",
     "AtLeast",

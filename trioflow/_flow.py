@@ -142,7 +142,7 @@ class Flow(Generic[T]):
                 runner.also_cancel(nursery.cancel_scope)
                 await nursery.start(_run_tasks, runner)
                 try:
-                    yield ItemStream(edge, chunk_size)
+                    yield ItemStream(edge, chunk_size, runner.tracked)
                 except BaseException as exc:
                     body_exc = exc
                     raise

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar, final
 
 import trio
 
+from .._acks import settle, unwrap
 from .._edge import Edge
 from .._plan import Plan
 from .._policies import DeadLetterEntry
@@ -117,10 +118,12 @@ class ItemStream(Generic[T]):
     scheduler, so a loop body that never awaits runs at most one chunk between checkpoints.
     """
 
-    def __init__(self, edge: Edge, chunk_size: int) -> None:
+    def __init__(self, edge: Edge, chunk_size: int, tracked: bool = False) -> None:
         self._edge = edge
         self._chunk_size = chunk_size
         self._buf: deque[T] = deque()
+        #: items are ``Tracked``: one taken by the caller is done (acknowledged)
+        self._tracked = tracked
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
@@ -138,4 +141,8 @@ class ItemStream(Generic[T]):
             if chunk is None:
                 raise trio.EndOfChannel
             self._buf.extend(chunk)
-        return self._buf.popleft()
+        item = self._buf.popleft()
+        if self._tracked:
+            settle(item)
+            return unwrap(item)  # type: ignore[no-any-return]
+        return item

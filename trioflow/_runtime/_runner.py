@@ -20,6 +20,8 @@ from .._stage import (
     ZipSpec,
 )
 from .._stats import EdgeStatistics, RunState, RunStatistics, StageStatistics
+from .._tracking import tracks
+from ._acker import Ledger
 from ._build import _make_head, _make_op
 from ._fanin import JoinHead, OrderedMergeHead, ZipHead
 from ._routers import Router, _make_router
@@ -130,6 +132,17 @@ class Runner:
             inputs = [self.edges[i] for i in seg_plan.inputs]
             self.segments.append(
                 Segment(self, seg_plan, head, ops, inputs, out, out_edges, plan.chunk_size))
+        #: a source asked for acknowledgements: items travel as ``Tracked`` (see ``_acks``)
+        self.tracked = tracks([n.spec for seg in plan.segments for n in seg.nodes])
+        #: one ledger per source that asked for acknowledgements
+        self.ledgers: list[Ledger] = []
+        if self.tracked:
+            for seg in self.segments:
+                on_ack = getattr(seg.head.node.spec, "on_ack", None) if seg.head.node else None
+                seg.head.tracked = True
+                if on_ack is not None:
+                    seg.head.ledger = Ledger(on_ack, seg.head.name)
+                    self.ledgers.append(seg.head.ledger)
 
     @property
     def output(self) -> Edge | None:
@@ -198,11 +211,17 @@ class Runner:
                 self._scope = nursery.cancel_scope
                 if self._cancel_requested:
                     nursery.cancel_scope.cancel()
-                for seg in reversed(self.segments):
-                    await nursery.start(self.guarded, seg.run)
-                if not self.errors:
-                    self.state = RunState.RUNNING
-                    on_ready()
+                if not self.ledgers:
+                    await self._start_segments(nursery, on_ready)
+                else:
+                    # the ledgers outlive the segments: they hand over the last acks once
+                    # every segment has ended
+                    for ledger in self.ledgers:
+                        await nursery.start(self.guarded, ledger.run)
+                    async with trio.open_nursery() as segments:
+                        await self._start_segments(segments, on_ready)
+                    for ledger in self.ledgers:
+                        ledger.close()
         except BaseException as exc:  # cancelled from outside (or interrupted)
             self.state = RunState.FAILED if self.errors else RunState.CANCELLED
             cancelled = _sole_cancelled(exc)
@@ -239,6 +258,13 @@ class Runner:
     def finished(self) -> bool:
         """The run has ended (completed, failed or cancelled) and cleaned up."""
         return self._finished.is_set()
+
+    async def _start_segments(self, nursery: trio.Nursery, on_ready: Callable[[], None]) -> None:
+        for seg in reversed(self.segments):
+            await nursery.start(self.guarded, seg.run)
+        if not self.errors:
+            self.state = RunState.RUNNING
+            on_ready()
 
     def raise_errors(self, extra: Exception | None = None, *, collected: bool = True) -> None:
         """Raise the recorded errors as one ExceptionGroup level (nothing if none).
