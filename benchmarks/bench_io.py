@@ -58,7 +58,9 @@ async def reference(n: int) -> list[int]:
     take to process one after the other (``reference_lockstep``): a lock-step that the
     reference itself pays, which flatters a pool measured against it. Ideally (no timer
     overshoot, no CPU cost) this takes ``(n + 63) / 64 * DELAY``: one call every
-    ``DELAY / 64``, the most that 64 concurrent calls of ``DELAY`` can sustain.
+    ``DELAY / 64``, the most that 64 concurrent calls of ``DELAY`` can sustain. In practice
+    Trio's timers fire at epoll's millisecond resolution, so the wake-ups land in about five
+    groups a millisecond apart: the finest spread the timers allow.
     """
     results = [0] * n
     start = trio.current_time()
