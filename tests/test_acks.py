@@ -353,3 +353,46 @@ async def test_without_on_ack_nothing_is_tracked() -> None:
     acked = tf.from_iterable(range(3), on_ack=print) | tf.map(double) | tf.to_list()
     assert acked.plan().segments[0].nodes[1].spec.fn is not double
     assert await plain.run() == await acked.run() == [0, 2, 4]
+
+
+async def test_resources_instances_blocks_and_folds_carry_acknowledgements() -> None:
+    from collections.abc import AsyncIterator as AIt
+    from contextlib import asynccontextmanager
+
+    acked: list[tf.Ack] = []
+
+    @asynccontextmanager
+    async def connection() -> AIt[int]:
+        yield 100
+
+    async def add(conn: int, v: int) -> int:
+        return v + conn
+
+    class Doubler:
+        def __call__(self, v: int) -> int:
+            return v * 2
+
+    flow = (tf.from_iterable(range(6), on_ack=acked.extend)
+            | tf.persistent(add, resource=connection, workers=2)
+            | tf.on_demand(Doubler, limit=2)
+            | tf.parallel(lambda v: v, lambda v: -v)
+            | tf.map(lambda pair: pair[0])
+            | tf.scan(lambda acc, v: acc + v, 0)
+            | tf.take_while(lambda v: v < 10**6))
+    assert await flow.to_list() == [sum(2 * (v + 100) for v in range(k + 1)) for k in range(6)]
+    assert sorted(a.token for a in acked) == list(range(6)) and all(a.ok for a in acked)
+
+
+async def test_route_and_balance_deliver_each_item_once_and_acknowledge_it() -> None:
+    acked: list[tf.Ack] = []
+    g = tf.Graph()
+    src = g.add(tf.from_iterable(range(20), on_ack=acked.extend))
+    r = g.route(src, key=lambda v: v % 2)
+    lanes = g.balance(r[0])
+    odd = g.add(tf.map(lambda v: -v), r[1])
+    lane_a, lane_b = (g.add(tf.map(lambda v: v), lanes) for _ in range(2))
+    out = g.add(tf.to_list(), g.merge(lane_a, lane_b, odd))
+    results = await g.run()
+    want = [v for v in range(20) if v % 2 == 0] + [-v for v in range(20) if v % 2]
+    assert sorted(results[out]) == sorted(want)
+    assert sorted(a.token for a in acked) == list(range(20))

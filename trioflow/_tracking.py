@@ -14,7 +14,7 @@ import attrs
 
 from . import _stage as s
 from ._acks import Tracked, settle
-from ._callables import CallKind
+from ._callables import CallKind, LiftedInstance
 from ._errors import DefinitionValueError
 
 # -- lifting stages ------------------------------------------------------------------------------
@@ -177,28 +177,8 @@ def _lift_fold(fn: Callable[..., Any], kind: CallKind) -> Callable[..., Any]:
     return fold_sync
 
 
-class _TrackedInstance:
-    """An on-demand instance working on tracked items."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.entered = inner
-
-    async def __aenter__(self) -> _TrackedInstance:
-        if hasattr(self.inner, "__aenter__"):
-            self.entered = await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> bool | None:
-        if hasattr(self.inner, "__aexit__"):
-            return bool(await self.inner.__aexit__(*exc))
-        return None
-
-    async def __call__(self, t: Tracked) -> Tracked:
-        result = self.entered(t.value)
-        if hasattr(result, "__await__"):
-            result = await result
-        return Tracked(result, t.ticket)
+async def _lift_tracked(t: Tracked, call: Callable[[Any], Any]) -> Tracked:
+    return Tracked(await call(t.value), t.ticket)
 
 
 def track(spec: Any, name: str) -> Any:
@@ -235,7 +215,7 @@ def track(spec: Any, name: str) -> Any:
         return evolve(spec, fn=with_resource)
     if isinstance(spec, s.OnDemandStage):
         factory = spec.factory
-        return evolve(spec, factory=lambda: _TrackedInstance(factory()))
+        return evolve(spec, factory=lambda: LiftedInstance(factory(), _lift_tracked))
     if isinstance(spec, s.TakeStage):
         return spec  # what it lets through keeps its ticket; the rest is never done
     if isinstance(spec, s.BatchStage | s.ListSink | s.DiscardSink | s.BroadcastSpec | s.ZipSpec):
