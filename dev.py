@@ -9,18 +9,52 @@ it when missing, and hands off to it:
     python3 dev.py                  # usage + list of sessions
     python3 dev.py tests            # nox -s tests
     python3 dev.py tests -k pipe    # nox -s tests -- -k pipe
+
+Ctrl-C: the terminal sends SIGINT to dev.py and to the command it runs (they share a
+process group). dev.py lets the command finish its own shutdown (the demo drains and
+prints its statistics), then exits quietly with the command's exit code if that is
+non-zero (it says more: nox's 130, a failure) and with 130 otherwise.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import venv
 from pathlib import Path
+from types import FrameType
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv-dev"
 PYTHON = VENV / "bin" / "python"
+#: Exit code after Ctrl-C: 128 + SIGINT, as a shell reports it.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+
+def run(cmd: list[str], cwd: Path | None = None) -> int:
+    """Run ``cmd`` to its end and return its exit code (128 + N if signal N killed it).
+
+    A Ctrl-C reaches the child as well (one process group), so while the child runs, SIGINT
+    here only notes that it came: the child decides how to stop, and is waited for. After a
+    Ctrl-C the result is the child's code if non-zero, else ``EXIT_INTERRUPTED``.
+    """
+    interrupted = False
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        code = subprocess.run(cmd, cwd=cwd).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if code < 0:
+        code = 128 - code
+    if interrupted and code == 0:
+        return EXIT_INTERRUPTED
+    return code
 
 
 def ensure_nox() -> None:
@@ -31,11 +65,13 @@ def ensure_nox() -> None:
     has_nox = subprocess.run([str(PYTHON), "-c", "import nox"], capture_output=True).returncode == 0
     if not has_nox:
         print("dev.py: installing nox", file=sys.stderr, flush=True)
-        subprocess.run([str(PYTHON), "-m", "pip", "install", "-q", "nox>=2024.4"], check=True)
+        code = run([str(PYTHON), "-m", "pip", "install", "-q", "nox>=2024.4"])
+        if code:
+            raise SystemExit(code)
 
 
 def nox(*args: str) -> int:
-    return subprocess.run([str(PYTHON), "-m", "nox", *args], cwd=ROOT).returncode
+    return run([str(PYTHON), "-m", "nox", *args], cwd=ROOT)
 
 
 def main(argv: list[str]) -> int:
@@ -49,5 +85,14 @@ def main(argv: list[str]) -> int:
     return nox("-s", session, *(["--", *extra] if extra else []))
 
 
+def cli(argv: list[str]) -> int:
+    """``main`` with a quiet Ctrl-C: no traceback, exit code 130."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:  # outside a child (creating the virtualenv, say)
+        print("dev.py: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli(sys.argv[1:]))

@@ -59,6 +59,8 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Run the built-in demo pipeline."""
+    """Run the built-in demo pipeline (Ctrl-C drains it and prints its statistics)."""
     session.install("-e", ".")
-    session.run("python", "-m", "trioflow", "demo", *session.posargs)
+    # on Ctrl-C nox would SIGTERM the demo after 0.3 s (which aborts a drain): let the demo
+    # finish its drain instead; run_until_signal bounds it by its own deadline
+    session.run("python", "-m", "trioflow", "demo", *session.posargs, interrupt_timeout=None)

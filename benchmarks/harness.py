@@ -50,13 +50,14 @@ class Target:
     """A goal stated as a ratio between two variants' median times.
 
     ``ratio = numerator_time / denominator_time``; the goal is met when the ratio is
-    ``<= limit`` (``at_most=True``) or ``>= limit`` (``at_most=False``).
+    ``<= limit`` (``at_most=True``) or ``>= limit`` (``at_most=False``). With
+    ``limit=None`` the ratio is only reported (a comparison row, no goal).
     """
 
     label: str
     numerator: str
     denominator: str
-    limit: float
+    limit: float | None
     at_most: bool
     #: how to print the ratio, e.g. "{:.2f}x" or "{:.1%}"
     fmt: str = "{:.2f}x"
@@ -67,6 +68,9 @@ class Target:
         ratio = medians[self.numerator] / medians[self.denominator]
         if self.invert:
             ratio = 1.0 / ratio
+        if self.limit is None:
+            return {"label": self.label, "value": ratio, "limit": None, "comparison": None,
+                    "met": None, "text": self.fmt.format(ratio)}
         met = ratio <= self.limit if self.at_most else ratio >= self.limit
         op = "<=" if self.at_most else ">="
         return {
@@ -195,6 +199,19 @@ def format_rate(per_s: float) -> str:
     return f"{per_s:.0f}/s"
 
 
+def format_summary(results: dict[str, dict[str, Any]]) -> str:
+    """Every workload's targets and ratios in one list, so a run ends with the verdicts."""
+    lines = ["== summary: targets and ratios"]
+    for name, record in results.items():
+        for t in record["targets"]:
+            mark = "" if t["met"] is None else ("  -> MET" if t["met"] else "  -> MISSED")
+            lines.append(f"  {name}: {t['label']}: {t['text']}{mark}")
+    missed = sum(1 for r in results.values() for t in r["targets"] if t["met"] is False)
+    goals = sum(1 for r in results.values() for t in r["targets"] if t["met"] is not None)
+    lines.append(f"  {goals - missed} of {goals} targets met" + (f", {missed} MISSED" if missed else ""))
+    return "\n".join(lines)
+
+
 def format_table(name: str, record: dict[str, Any]) -> str:
     """A plain-text table of one workload's results and targets."""
     lines = [f"== {name}: {record['title']}  (median of {record['reps']})"]
@@ -207,6 +224,9 @@ def format_table(name: str, record: dict[str, Any]) -> str:
             f"{v['time_vs_baseline']:>21.2f}x  {'ok' if v['correct'] else 'WRONG RESULT'}"
         )
     for t in record["targets"]:
+        if t["met"] is None:
+            lines.append(f"  ratio: {t['label']}: {t['text']}")
+            continue
         mark = "MET" if t["met"] else "MISSED"
         lines.append(f"  target: {t['label']}: {t['text']}  -> {mark}")
     lines.extend(f"  note: {n}" for n in record["notes"])

@@ -48,7 +48,7 @@ import bench_linear
 import bench_parallel
 import bench_tcp
 import trio
-from harness import Workload, format_table, run_workload
+from harness import Workload, format_summary, format_table, run_workload
 
 import trioflow
 
@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = record
         print(format_table(name, record))
         print()
+    print(format_summary(results))
+    print()
     info["total_seconds"] = time.perf_counter() - started
     print(f"total {info['total_seconds']:.1f}s")
 

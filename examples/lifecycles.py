@@ -4,10 +4,14 @@
 * persistent: 3 workers, each with one "connection" built once and reused for every item;
 * on-demand: a fresh parser instance (and task) per item, at most 4 at once.
 
-`nursery.start(pipeline.run)` returns once every connection is open; the handle then
-shows live statistics while the pipeline runs.
+Run as a program under ``tf.run_until_signal``: Ctrl-C (or SIGTERM) drains the run (the
+ticker stops, what it handed over is stored) and the statistics are printed; exit code 0,
+or 130 if a second Ctrl-C aborted the drain. (Inside an application,
+``handle = await nursery.start(pipeline.run)`` returns once every connection is open, and
+``handle.statistics()`` shows the same counters live.)
 """
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -49,24 +53,28 @@ class Parser:
         return {"n": tick}
 
 
-async def main() -> None:
+async def main() -> int:
     pipeline = (
         tf.periodic(0.001, count=60, name="ticker")
         | tf.on_demand(Parser, limit=4, name="parse")
         | tf.persistent(store, resource=connection, workers=3, name="store")
         | tf.to_list()
     )
-    async with trio.open_nursery() as nursery:
-        handle = await nursery.start(pipeline.run)
-        assert len(opened) == 3, "ready means every connection is open"
-        await trio.sleep(0.02)
-        s = handle.statistics()
-        print("while running:", s.state.value, {st.name: st.items_out for st in s.stages})
-        await handle.wait()
+    handle = await tf.run_until_signal(pipeline)
+    stats = handle.statistics()
+    print("state:", stats.state.value)
+    for st in stats.stages:
+        print(f"  {st.name:<8} {st.lifecycle.value:<10} in {st.items_in:>3}  out {st.items_out:>3}"
+              f"  errors {st.errors}")
+    assert sorted(opened) == sorted(closed) == [0, 1, 2], "each connection opened once, closed once"
+    if stats.state is not tf.RunState.COMPLETED:
+        return 130  # aborted by a second Ctrl-C
     results = handle.result()
-    print(len(results), "docs;", results[0], "...", results[-1])
-    assert len(results) == 60 and sorted(closed) == [0, 1, 2]
+    if results:
+        print(len(results), "docs;", results[0], "...", results[-1])
+    assert len(results) == stats.stage("ticker").items_out  # 60 unless a Ctrl-C drained it early
+    return 0
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    sys.exit(trio.run(main))

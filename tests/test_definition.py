@@ -327,7 +327,7 @@ def test_str_plan() -> None:
     assert text.splitlines() == [
         "plan: 4 task group(s), 3 edge(s), chunks of up to 16",
         "  segment 0 (continuous): numbers[from_iterable] -> parse[map]",
-        "  segment 1 (persistent): enrich[map]",
+        "  segment 1 (pooled): enrich[map]",
         "      in: parse -> enrich (capacity 64)",
         "  segment 2 (continuous): group[batch]",
         "      in: enrich -> group (capacity 128)",

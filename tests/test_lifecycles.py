@@ -78,7 +78,7 @@ def test_lifecycle_of_each_operator() -> None:
     res = Resources()
     assert tf.map(lambda x: x).lifecycle is tf.Lifecycle.CONTINUOUS
     assert tf.map(af).lifecycle is tf.Lifecycle.CONTINUOUS
-    assert tf.map(af, concurrency=3).lifecycle is tf.Lifecycle.PERSISTENT
+    assert tf.map(af, concurrency=3).lifecycle is tf.Lifecycle.POOLED
     assert tf.persistent(recording(res), resource=res).lifecycle is tf.Lifecycle.PERSISTENT
     assert tf.on_demand(lambda: af).lifecycle is tf.Lifecycle.ON_DEMAND
     plan = (

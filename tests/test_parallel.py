@@ -687,7 +687,7 @@ def test_stage_is_a_named_map_stage() -> None:
     stage = tf.parallel(a, a, concurrency=3, ordered=False)
     assert isinstance(stage, ParallelStage) and isinstance(stage, MapStage)
     assert stage.concurrency == 3 and stage.ordered is False
-    assert stage.lifecycle is tf.Lifecycle.PERSISTENT
+    assert stage.lifecycle is tf.Lifecycle.POOLED
     assert stage.name is None
     assert tf.parallel(a, name="fanout").name == "fanout"
 

@@ -119,7 +119,7 @@ async def test_pool_statistics_workers_and_in_flight(autojump_clock: trio.testin
         pool = stats.stage("pool")
         assert pool.workers == 3
         assert pool.in_flight == 3
-        assert pool.lifecycle is tf.Lifecycle.PERSISTENT
+        assert pool.lifecycle is tf.Lifecycle.POOLED
         assert pool.operator == "map"
         assert stats.stage("db").workers == 2
         assert stats.stage("db").lifecycle is tf.Lifecycle.PERSISTENT

@@ -5,6 +5,7 @@
         lambda a, x: a + x, 0)).run()
 """
 
+from ._acks import Ack as Ack
 from ._backends import Backend as Backend
 from ._backends import BackendError as BackendError
 from ._backends import Dask as Dask
@@ -153,6 +154,7 @@ from ._policies import OnError as OnError
 from ._policies import Restart as Restart
 from ._policies import Retry as Retry
 from ._policies import Skip as Skip
+from ._report import RunReport as RunReport
 from ._runtime import Emit as Emit
 from ._runtime import ItemStream as ItemStream
 from ._runtime import RunHandle as RunHandle
@@ -178,6 +180,7 @@ from ._stats import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ack",
     "Adaptive",
     "AllOrNothing",
     "AtLeast",
@@ -224,6 +227,7 @@ __all__ = [
     "RunAborted",
     "SourceConsumedError",
     "RunHandle",
+    "RunReport",
     "RunState",
     "RunStatistics",
     "Sink",

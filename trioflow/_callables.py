@@ -119,3 +119,34 @@ def returns_async_iterable(fn: Callable[..., object]) -> bool:
         return _ASYNC_ITERABLE_NAME.match(returns) is not None
     origin = typing.get_origin(returns) or returns
     return isinstance(origin, type) and issubclass(origin, AsyncIterable)
+
+
+class LiftedInstance:
+    """An ``on_demand`` instance working on wrapped items (a branch's envelopes, a tracked
+    run's items): enters the real instance if it is an async context manager, and
+    ``lift(item, call)`` unwraps the item, awaits ``call(value)`` (the instance called on
+    the value, awaited if it returns an awaitable) and wraps the result."""
+
+    def __init__(self, inner: Any, lift: Callable[[Any, Callable[[Any], Any]], Any]) -> None:
+        self.inner = inner
+        self.entered = inner
+        self.lift = lift
+
+    async def __aenter__(self) -> LiftedInstance:
+        if hasattr(self.inner, "__aenter__"):
+            self.entered = await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        if hasattr(self.inner, "__aexit__"):
+            return bool(await self.inner.__aexit__(*exc))
+        return None
+
+    async def _call(self, value: Any) -> Any:
+        result = self.entered(value)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def __call__(self, item: Any) -> Any:
+        return await self.lift(item, self._call)

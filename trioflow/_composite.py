@@ -17,13 +17,12 @@ join), ``tap``, ``persistent`` and ``on_demand`` (ordered) and ``parallel``. Oth
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, ClassVar, TypeVar, overload
 
 import attrs
 
-from ._callables import CallKind, check_call
+from ._callables import CallKind, LiftedInstance, check_call
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._plan import DEFAULT, RoutePort
 from ._stage import (
@@ -130,38 +129,15 @@ def lift(stage: Stage[Any, Any], argument: str) -> Stage[Any, Any]:
         if not stage.ordered:
             raise DefinitionValueError(f"{bad} with ordered=False: a branch must keep item order")
         factory = stage.factory
-        return attrs.evolve(stage, factory=lambda: _LiftedInstance(factory()), envelope=True)
+        return attrs.evolve(stage, factory=lambda: LiftedInstance(factory(), _lift_envelope), envelope=True)
     raise DefinitionValueError(
         f"{bad}: branches must keep one output per item in order (map, filter, tap, "
         "persistent, on_demand, parallel)"
     )
 
 
-class _LiftedInstance:
-    """An on-demand instance working on envelopes; enters the real instance if it is an
-    async context manager."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.entered = inner
-
-    async def __aenter__(self) -> _LiftedInstance:
-        if hasattr(self.inner, "__aenter__"):
-            self.entered = await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> bool | None:
-        if hasattr(self.inner, "__aexit__"):
-            return bool(await self.inner.__aexit__(*exc))
-        return None
-
-    async def __call__(self, env: Env) -> Env:
-        if env[1] is DROPPED:
-            return env
-        result = self.entered(env[1])
-        if inspect.isawaitable(result):
-            result = await result
-        return (env[0], result)
+async def _lift_envelope(env: Env, call: Callable[[Any], Any]) -> Env:
+    return env if env[1] is DROPPED else (env[0], await call(env[1]))
 
 
 def _lift_branch(branch: object, argument: str) -> tuple[Stage[Any, Any], ...]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Generic, NoReturn, TypeVar, overload
+from typing import Any, Generic, Literal, NoReturn, TypeVar, overload
 
 import attrs
 import trio
 
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._plan import Plan, plan
+from ._report import RunReport
 from ._runtime import ItemStream, RunHandle, Runner, run_to_completion
 from ._stage import Chain, DiscardSink, ListSink, Sink, Source, Stage, check_int
 
@@ -79,22 +80,34 @@ class Flow(Generic[T]):
         _check_run_args(chunk_size, buffer)
         return plan(self.source, self.stages, DiscardSink(), chunk_size=chunk_size, buffer=buffer)
 
+    @overload
+    async def run(
+        self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[False] = False,
+        task_status: trio.TaskStatus[RunHandle[None]] = ...,
+    ) -> None: ...
+    @overload
+    async def run(
+        self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[True],
+        task_status: trio.TaskStatus[RunHandle[None]] = ...,
+    ) -> RunReport[None]: ...
     async def run(
         self,
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         buffer: int = DEFAULT_BUFFER,
+        report: bool = False,
         task_status: trio.TaskStatus[RunHandle[None]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
+    ) -> RunReport[None] | None:
         """Run the flow to completion, dropping its output.
 
         ``handle = await nursery.start(flow.run)`` returns a ``RunHandle`` once every stage
         is ready. Raises one ``ExceptionGroup`` of the stage errors if the run failed. On
         cancellation every task of the run is cancelled and resources are closed.
+        ``report=True`` returns a ``RunReport`` instead, as ``Pipeline.run`` describes.
         """
         _check_run_args(chunk_size, buffer)
         p = plan(self.source, self.stages, DiscardSink(), chunk_size=chunk_size, buffer=buffer)
-        await run_to_completion(p, task_status)
+        return await run_to_completion(p, task_status, report=report)  # type: ignore[no-any-return]
 
     async def to_list(
         self, *, chunk_size: int = DEFAULT_CHUNK_SIZE, buffer: int = DEFAULT_BUFFER
@@ -129,7 +142,7 @@ class Flow(Generic[T]):
                 runner.also_cancel(nursery.cancel_scope)
                 await nursery.start(_run_tasks, runner)
                 try:
-                    yield ItemStream(edge, chunk_size)
+                    yield ItemStream(edge, chunk_size, runner.tracked)
                 except BaseException as exc:
                     body_exc = exc
                     raise
@@ -183,13 +196,24 @@ class Pipeline(Generic[R]):
         return plan(self.flow.source, self.flow.stages, self.sink, chunk_size=chunk_size,
                     buffer=buffer)
 
+    @overload
+    async def run(
+        self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[False] = False,
+        task_status: trio.TaskStatus[RunHandle[R]] = ...,
+    ) -> R: ...
+    @overload
+    async def run(
+        self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[True],
+        task_status: trio.TaskStatus[RunHandle[R]] = ...,
+    ) -> RunReport[R]: ...
     async def run(
         self,
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         buffer: int = DEFAULT_BUFFER,
+        report: bool = False,
         task_status: trio.TaskStatus[RunHandle[R]] = trio.TASK_STATUS_IGNORED,
-    ) -> R:
+    ) -> R | RunReport[R]:
         """Run to completion and return the sink's result (``None`` for ``sink(fn)``,
         the list for ``to_list()``, the accumulated value for ``reduce``).
 
@@ -199,7 +223,13 @@ class Pipeline(Generic[R]):
         leaves are the original exceptions, each noting its stage and item. If the run is
         cancelled through ``handle.cancel()``, ``run`` returns quietly with what the sink
         had so far; an outside cancellation propagates as ``trio.Cancelled``.
+
+        Stages with ``on_error=Collect()`` make a completed run raise one ``ExceptionGroup``
+        of the collected failures. ``report=True`` returns a ``RunReport`` instead (sink
+        result, per-stage counts, collected failures, duration) and raises nothing for
+        collected failures; fail-fast errors still raise as above, ``handle.cancel()``
+        returns a report in state ``CANCELLED``, an outside cancellation still propagates.
+        ``handle.report()`` reads the same report once the run has ended.
         """
         p = self.plan(chunk_size=chunk_size, buffer=buffer)
-        result: R = await run_to_completion(p, task_status)
-        return result
+        return await run_to_completion(p, task_status, report=report)  # type: ignore[no-any-return]

@@ -10,7 +10,7 @@ Names are labels for statistics, plans and error notes, unique per graph.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from typing import Any, Generic, TypeVar, final, overload
+from typing import Any, Generic, Literal, TypeVar, final, overload
 
 import attrs
 import trio
@@ -18,7 +18,8 @@ import trio
 from ._errors import DefinitionTypeError, DefinitionValueError
 from ._flow import DEFAULT_BUFFER, DEFAULT_CHUNK_SIZE, Flow, _check_run_args
 from ._plan import DEFAULT, GraphNode, Plan, RoutePort, add_stage, plan_graph, unique_names
-from ._runtime import RunHandle, Runner
+from ._report import RunReport
+from ._runtime import RunHandle, Runner, run_to_completion
 from ._stage import (
     BalanceSpec,
     BroadcastSpec,
@@ -301,27 +302,40 @@ class Graph:
             raise DefinitionValueError("the graph is empty")
         return plan_graph(self._nodes, chunk_size=chunk_size, buffer=buffer)
 
+    @overload
+    async def run(
+        self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[False] = False,
+        task_status: trio.TaskStatus[RunHandle[GraphResult]] = ...,
+    ) -> GraphResult: ...
+    @overload
+    async def run(
+        self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[True],
+        task_status: trio.TaskStatus[RunHandle[GraphResult]] = ...,
+    ) -> RunReport[GraphResult]: ...
     async def run(
         self,
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         buffer: int = DEFAULT_BUFFER,
+        report: bool = False,
         task_status: trio.TaskStatus[RunHandle[GraphResult]] = trio.TASK_STATUS_IGNORED,
-    ) -> GraphResult:
+    ) -> GraphResult | RunReport[GraphResult]:
         """Run the graph to completion; returns every sink's result.
 
         ``handle = await nursery.start(graph.run)`` returns once every stage is ready.
         A failure cancels the whole graph and is raised as one ``ExceptionGroup``; an outside
         cancellation propagates as ``trio.Cancelled``; ``handle.cancel()`` makes ``run``
-        return quietly with what the sinks hold.
+        return quietly with what the sinks hold. ``report=True`` returns a ``RunReport``
+        whose ``result`` is the ``GraphResult``, and does not raise for failures collected
+        by ``on_error=Collect()`` (see ``Pipeline.run``).
         """
         p = self.plan(chunk_size=chunk_size, buffer=buffer)
-        runner = Runner(p)
         names = _sink_names(p, self._nodes)
-        handle: RunHandle[GraphResult] = RunHandle(runner, lambda: GraphResult(runner.results(), names))
-        await runner.run_tasks(lambda: task_status.started(handle))
-        runner.raise_errors()
-        return GraphResult(runner.results(), names)
+
+        def result(runner: Runner) -> GraphResult:
+            return GraphResult(runner.results(), names)
+
+        return await run_to_completion(p, task_status, report=report, result=result)  # type: ignore[no-any-return]
 
 
 def _sink_names(p: Plan, nodes: list[GraphNode]) -> dict[int, str]:

@@ -40,6 +40,7 @@ from typing import Any, TypeGuard, TypeVar, overload
 
 import trio
 
+from ._acks import Ack
 from ._backends import Backend
 from ._errors import DefinitionTypeError
 from ._flow import Flow
@@ -100,8 +101,17 @@ def _concurrency(concurrency: int | Adaptive | None, backend: Backend | None) ->
 # ---------------------------------------------------------------------------------- sources
 
 
-def from_iterable(iterable: Iterable[T], *, name: str | None = None) -> Flow[T]:
+def from_iterable(
+    iterable: Iterable[T],
+    *,
+    name: str | None = None,
+    on_ack: Callable[[list[Ack]], object] | None = None,
+) -> Flow[T]:
     """A flow over a synchronous iterable (list, range, generator ...).
+
+    ``on_ack=callback`` asks for acknowledgements: each item is its own token, and
+    ``callback(acks)`` gets ``Ack(item, error)`` values once items are done (see
+    ``docs/acknowledgements.md``).
 
     * emits: items in iteration order, taken in chunks of up to ``chunk_size``;
     * backpressure: it is not iterated further while the next edge is full;
@@ -113,7 +123,7 @@ def from_iterable(iterable: Iterable[T], *, name: str | None = None) -> Flow[T]:
 
     Iteration runs on the Trio thread: an iterator that blocks blocks the run.
     """
-    return Flow(source=IterableSource(iterable=iterable, name=name))
+    return Flow(source=IterableSource(iterable=iterable, name=name, on_ack=on_ack))
 
 
 def from_async_iterable(iterable: AsyncIterable[T], *, name: str | None = None) -> Flow[T]:
@@ -158,13 +168,24 @@ def periodic(interval: float, *, count: int | None = None, name: str | None = No
 
 
 def source(
-    fn: Callable[..., Awaitable[None]], *, name: str | None = None, restart: Restart | None = None
+    fn: Callable[..., Awaitable[None]],
+    *,
+    name: str | None = None,
+    restart: Restart | None = None,
+    on_ack: Callable[[list[Ack]], object] | None = None,
 ) -> Flow[Any]:
     """A continuous source from an async function ``fn(emit)`` that produces items.
 
     ``fn`` calls ``await emit(item)`` or ``await emit.many(items)``. If ``fn`` accepts a
     ``task_status`` keyword it is called with one and must call ``task_status.started()``
     once it is ready (a port bound, a file open): ``nursery.start(flow.run)`` waits for it.
+
+    ``on_ack=callback`` asks for acknowledgements: ``await emit(item, ack=token)`` (or
+    ``emit.many(items, acks=tokens)``) gives each item a token, and ``callback(acks)``
+    (plain or async, called from a task of the run, in batches) gets ``Ack(token,
+    error)`` once the item is done: handled by the sink or dropped by a filter (``error``
+    None), or skipped or dead-lettered downstream (the error). Nothing that was not done
+    is ever acknowledged, also when the run fails (``docs/acknowledgements.md``).
 
     * emits: whatever ``fn`` emits, in the order it emits;
     * backpressure: ``emit`` waits while the next edge is full;
@@ -178,7 +199,7 @@ def source(
       ``fn`` is called again (with backoff, within the restart budget) and goes on
       emitting into the same pipeline.
     """
-    return Flow(source=TaskSource(fn=fn, name=name, restart=restart))
+    return Flow(source=TaskSource(fn=fn, name=name, restart=restart, on_ack=on_ack))
 
 
 def concat(*flows: Flow[T], name: str | None = None) -> Flow[T]:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ._acks import combine, settle, unwrap
 from ._errors import annotate
 from ._policies import Guard
 from ._stage import DROPPED
@@ -515,22 +516,23 @@ class Batcher:
 
 
 class BatchOp(Op):
-    __slots__ = ("batcher",)
+    __slots__ = ("batcher", "tracked")
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, tracked: bool = False) -> None:
         super().__init__(name, "batch")
         self.batcher = Batcher(size)
+        self.tracked = tracked
 
     def process(self, chunk: Chunk) -> Chunk:
         self.n_in += len(chunk)
         out = self.batcher.add(chunk)
         self.n_out += len(out)
-        return out
+        return [combine(b) for b in out] if self.tracked else out
 
     def flush(self) -> Chunk:
         out = self.batcher.take_partial()
         self.n_out += len(out)
-        return out
+        return [combine(b) for b in out] if self.tracked else out
 
 
 # -- sink ops: the last op of a segment; they return nothing and hold the run's result ------
@@ -568,26 +570,36 @@ class CallSinkOp(SinkOp):
 
 
 class DiscardOp(SinkOp):
-    __slots__ = ()
+    __slots__ = ("tracked",)
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, tracked: bool = False) -> None:
         super().__init__(name, "discard")
+        self.tracked = tracked
 
     def process(self, chunk: Chunk) -> Chunk:
         self.n_in += len(chunk)
+        if self.tracked:
+            for item in chunk:  # dropping is this sink's commit: the items are done
+                settle(item)
         return []
 
 
 class ListSinkOp(SinkOp):
-    __slots__ = ("items",)
+    __slots__ = ("items", "tracked")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, tracked: bool = False) -> None:
         super().__init__(name, "to_list")
         self.items: list[Any] = []
+        self.tracked = tracked
 
     def process(self, chunk: Chunk) -> Chunk:
         self.n_in += len(chunk)
-        self.items.extend(chunk)
+        if self.tracked:
+            self.items.extend(unwrap(t) for t in chunk)
+            for item in chunk:  # in the list: done
+                settle(item)
+        else:
+            self.items.extend(chunk)
         return []
 
     def result(self) -> Any:

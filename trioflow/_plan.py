@@ -38,6 +38,7 @@ import attrs
 from ._errors import DefinitionValueError, FusedStageWarning
 from ._overflow import Overflow, Unbounded
 from ._stage import Chain, Composite, FanIn, Junction, Lifecycle, MergeSpec, RouteSpec, Sink, Source, Stage
+from ._tracking import track, tracks
 
 AnySpec = Source[Any] | Stage[Any, Any] | Sink[Any, Any] | Junction
 
@@ -299,6 +300,10 @@ def plan_graph(
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise DefinitionValueError(f"node name(s) {dup} used more than once; names must be unique")
+    if tracks([g.spec for g in gnodes]):
+        # a source asks for acknowledgements: every node works on tracked items
+        gnodes = [GraphNode(spec=track(g.spec, n), inputs=g.inputs)
+                  for g, n in zip(gnodes, names, strict=True)]
     consumers: list[list[tuple[int, int, Hashable | None]]] = [[] for _ in gnodes]
     for ci, g in enumerate(gnodes):
         spec = g.spec

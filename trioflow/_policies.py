@@ -37,6 +37,7 @@ from typing import Any, final
 import attrs
 import trio
 
+from ._acks import Tracked, settle
 from ._callables import check_call
 from ._errors import DefinitionTypeError, DefinitionValueError, annotate, short_repr
 
@@ -70,7 +71,8 @@ class Collect(OnError):
     """Record the failure in the run's report and go on with the next item. When the run
     has completed, ``run`` raises one ``ExceptionGroup`` of every collected failure (each
     leaf noting its stage and item), after the sinks finished; ``handle.failures()`` lists
-    them as ``DeadLetterEntry`` values. Collected items count as ``dead_lettered``."""
+    them as ``DeadLetterEntry`` values. ``run(report=True)`` returns them in a
+    ``RunReport`` instead of raising. Collected items count as ``dead_lettered``."""
 
 
 def _check_target(instance: Any, attribute: Any, value: object) -> None:
@@ -223,20 +225,22 @@ class Guard:
 
     def handle(self, exc: Exception, item: Any) -> None:
         """Synchronously apply the policy to a failed item: re-raise (Fail), or count and
-        record it and return (the item is then dropped)."""
+        record it and return (the item is then dropped). A tracked item (a run with
+        acknowledgements) is done once its error is recorded: its part settles with it."""
+        tracked = item if type(item) is Tracked else None
+        if tracked is not None:
+            item = tracked.value
         policy = self.on_error
         if isinstance(policy, Skip):
             self.skipped += 1
             if self.skipped == 1:
                 logger.warning("trioflow: stage %r skipped item %s after %r (further skips are "
                                "only counted)", self.stage, short_repr(item), exc)
-            return
-        if isinstance(policy, Collect):
+        elif isinstance(policy, Collect):
             annotate(exc, self.stage, item)
             self.report.append(self._entry(exc, item))
             self.dead_lettered += 1
-            return
-        if isinstance(policy, DeadLetter) and not policy.needs_task:
+        elif isinstance(policy, DeadLetter) and not policy.needs_task:
             annotate(exc, self.stage, item)  # every error a run reports names its stage
             entry = self._entry(exc, item)
             target = policy.target
@@ -248,17 +252,21 @@ class Guard:
             else:
                 target(entry)
             self.dead_lettered += 1
-            return
-        annotate(exc, self.stage, item)
-        raise exc
+        else:
+            annotate(exc, self.stage, item)
+            raise exc
+        if tracked is not None:
+            settle(tracked, exc)
 
     async def ahandle(self, exc: Exception, item: Any) -> None:
         """``handle``, able to wait for a dead-letter channel (backpressure)."""
         policy = self.on_error
         if isinstance(policy, DeadLetter) and policy.needs_task:
-            annotate(exc, self.stage, item)
-            await policy.target.send(self._entry(exc, item))
+            value = item.value if type(item) is Tracked else item
+            annotate(exc, self.stage, value)
+            await policy.target.send(self._entry(exc, value))
             self.dead_lettered += 1
+            settle(item, exc)  # the letter is written (queued): the item is done
             return
         self.handle(exc, item)
 

@@ -37,6 +37,10 @@ class Lifecycle(enum.Enum):
     CONTINUOUS = "continuous"
     #: N worker tasks started with the run; each builds its resource once and reuses it.
     PERSISTENT = "persistent"
+    #: A pool of N worker tasks (at most N calls at once), each calling an async function
+    #: per item, with no resource: ``map``/``filter``/``tap``/``flat_map``/``sink`` with
+    #: ``concurrency=N`` (N > 1 or ``Adaptive``), and ``parallel``.
+    POOLED = "pooled"
     #: A fresh task and a fresh stage instance per item, bounded by a limit.
     ON_DEMAND = "on_demand"
 
@@ -432,7 +436,7 @@ class MapStage(FnStage[In, Out]):
 
     @property
     def lifecycle(self) -> Lifecycle:
-        return Lifecycle.PERSISTENT if self.pooled else Lifecycle.CONTINUOUS
+        return Lifecycle.POOLED if self.pooled else Lifecycle.CONTINUOUS
 
     @property
     def inline(self) -> bool:
@@ -511,7 +515,7 @@ class _Pooling:
 
     @property
     def lifecycle(self) -> Lifecycle:
-        return Lifecycle.PERSISTENT if self.pooled else Lifecycle.CONTINUOUS
+        return Lifecycle.POOLED if self.pooled else Lifecycle.CONTINUOUS
 
 
 @attrs.frozen(kw_only=True)
@@ -688,6 +692,8 @@ class EnumerateStage(Stage[T, tuple[int, T]]):
 class BatchStage(Stage[T, list[T]]):
     size: int
     timeout: float | None = None
+    #: items are ``Tracked`` (a run whose source asks for acknowledgements; set by planning)
+    tracked: bool = False
 
     operator: ClassVar[str] = "batch"
 
@@ -828,6 +834,9 @@ class FnSink(_Pooling, Sink[In, None]):
 
 @attrs.frozen(kw_only=True)
 class ListSink(Sink[T, list[T]]):
+    #: items are ``Tracked`` (a run whose source asks for acknowledgements; set by planning)
+    tracked: bool = False
+
     operator: ClassVar[str] = "to_list"
 
     @property
@@ -838,6 +847,9 @@ class ListSink(Sink[T, list[T]]):
 @attrs.frozen(kw_only=True)
 class DiscardSink(Sink[Any, None]):
     """What ``Flow.run`` ends with: counts the items and drops them."""
+
+    #: items are ``Tracked`` (a run whose source asks for acknowledgements; set by planning)
+    tracked: bool = False
 
     operator: ClassVar[str] = "discard"
 
@@ -880,6 +892,16 @@ class ReduceSink(Sink[In, Any]):
 # -- sources ------------------------------------------------------------------------------------
 
 
+def _check_on_ack(spec: Any) -> None:
+    if spec.on_ack is None:
+        return
+    if classify(spec.on_ack, "on_ack") not in (CallKind.SYNC, CallKind.ASYNC):
+        raise DefinitionTypeError(
+            f"on_ack of {spec.operator} must be a function taking a list of Ack, got {spec.on_ack!r}"
+        )
+    check_call(spec.on_ack, spec.operator, "on_ack(acks)", argument="on_ack")
+
+
 class OneShot:
     """Whether a run has taken a one-shot source (an iterator, a channel) of a spec: the
     one mutable part of a frozen source spec, so that a second run of the same flow fails
@@ -900,6 +922,8 @@ class OneShot:
 @attrs.frozen(kw_only=True)
 class IterableSource(Source[T]):
     iterable: Iterable[T]
+    #: called with batches of ``Ack`` once items are done (``None``: no acknowledgements)
+    on_ack: Callable[[list[Any]], Any] | None = None
     once: OneShot = attrs.field(factory=OneShot, init=False, repr=False, eq=False)
 
     operator: ClassVar[str] = "from_iterable"
@@ -908,6 +932,7 @@ class IterableSource(Source[T]):
         super().__attrs_post_init__()
         if not isinstance(self.iterable, Iterable):
             raise DefinitionTypeError(f"iterable must be iterable, got {self.iterable!r}")
+        _check_on_ack(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -970,6 +995,8 @@ class TaskSource(Source[T]):
     wants_status: bool = False
     #: supervision: call ``fn`` again after it failed, instead of failing the run
     restart: Restart | None = None
+    #: called with batches of ``Ack`` once items are done (``None``: no acknowledgements)
+    on_ack: Callable[[list[Any]], Any] | None = None
 
     operator: ClassVar[str] = "source"
 
@@ -988,6 +1015,7 @@ class TaskSource(Source[T]):
             check_call(self.fn, self.operator, "fn(emit)")
         if self.restart is not None and not isinstance(self.restart, Restart):
             raise DefinitionTypeError(f"restart must be a Restart(...) or None, got {self.restart!r}")
+        _check_on_ack(self)
 
 
 class _Dropped:
@@ -1039,6 +1067,9 @@ class Junction:
 
 @attrs.frozen(kw_only=True)
 class BroadcastSpec(Junction):
+    #: items are ``Tracked`` (a run whose source asks for acknowledgements; set by planning)
+    tracked: bool = False
+
     operator: ClassVar[str] = "broadcast"
     fan_out: ClassVar[bool] = True
 
@@ -1079,6 +1110,9 @@ class MergeSpec(FanIn):
 
 @attrs.frozen(kw_only=True)
 class ZipSpec(FanIn):
+    #: items are ``Tracked`` (a run whose source asks for acknowledgements; set by planning)
+    tracked: bool = False
+
     operator: ClassVar[str] = "zip"
 
 

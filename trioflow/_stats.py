@@ -1,8 +1,13 @@
-"""Observation: frozen snapshots returned by ``statistics()``. Reading them never changes a run."""
+"""Observation: frozen snapshots returned by ``statistics()``. Reading them never changes a run.
+
+``str(stats)`` (or ``stats.table()``) renders a snapshot as plain-text tables, aligned for a
+terminal or a log: pure functions of the snapshot, with no dependency on a rendering library.
+"""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 import attrs
 
@@ -83,3 +88,50 @@ class RunStatistics:
             if s.name == name:
                 return s
         raise KeyError(name)
+
+    def table(self) -> str:
+        """The snapshot as plain text: the state, then one aligned row per stage (name,
+        operator, lifecycle, in, out, in flight, errors, skipped, dead-lettered, retries,
+        restarts) and one per edge (name, depth/capacity, peak, total, dropped).
+        ``str(stats)`` is the same text."""
+        return "\n".join([f"state: {self.state.value}", *tables(self)])
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+_STAGE_HEADER = ("stage", "operator", "lifecycle", "in", "out", "in flight", "errors",
+                 "skipped", "dead-lettered", "retries", "restarts")
+_EDGE_HEADER = ("edge", "depth/capacity", "peak", "total", "dropped")
+
+
+def columns(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """Aligned lines, two spaces between columns, no trailing blanks: a column whose cells
+    all start with a digit (counts, ``depth/capacity``) is right-aligned, any other left."""
+    cells = [[str(c) for c in header], *([str(c) for c in row] for row in rows)]
+    numeric = [bool(rows) and all(row[i][:1].isdigit() for row in cells[1:])
+               for i in range(len(header))]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return [
+        "  ".join(c.rjust(w) if num else c.ljust(w)
+                  for c, w, num in zip(row, widths, numeric, strict=True)).rstrip()
+        for row in cells
+    ]
+
+
+def tables(stats: RunStatistics) -> list[str]:
+    """The stage table, a blank line, and the edge table (or a line saying there is none)."""
+    stage_rows = [
+        (s.name, s.operator, s.lifecycle.value, s.items_in, s.items_out, s.in_flight, s.errors,
+         s.skipped, s.dead_lettered, s.retries, s.restarts)
+        for s in stats.stages
+    ]
+    lines = [*columns(_STAGE_HEADER, stage_rows), ""]
+    if not stats.edges:
+        return [*lines, "no edges (every stage runs in one task)"]
+    edge_rows = [
+        (e.name, f"{e.depth}/{'unbounded' if e.capacity is None else e.capacity}", e.peak,
+         e.total, e.dropped)
+        for e in stats.edges
+    ]
+    return [*lines, *columns(_EDGE_HEADER, edge_rows)]

@@ -93,7 +93,7 @@ def _build_op(node: PlanNode) -> Op:
     if isinstance(spec, SkipStage):
         return SkipOp(name, spec.count)
     if isinstance(spec, BatchStage):
-        return BatchOp(name, spec.size)
+        return BatchOp(name, spec.size, spec.tracked)
     if isinstance(spec, SkipWhileStage):
         return SkipWhileOp(name, spec.fn)
     if isinstance(spec, DistinctStage):
@@ -109,11 +109,11 @@ def _build_op(node: PlanNode) -> Op:
     if isinstance(spec, FnSink):
         return CallSinkOp(name, spec.fn)
     if isinstance(spec, ListSink):
-        return ListSinkOp(name)
+        return ListSinkOp(name, spec.tracked)
     if isinstance(spec, ReduceSink):
         return ReduceSinkOp(name, spec.fn, spec.initial)
     if isinstance(spec, DiscardSink):
-        return DiscardOp(name)
+        return DiscardOp(name, spec.tracked)
     raise AssertionError(f"no inline op for {spec!r}")  # pragma: no cover
 
 

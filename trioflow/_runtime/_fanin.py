@@ -8,12 +8,19 @@ from typing import Any
 
 import trio
 
+from .._acks import combine
 from .._plan import PlanNode
 from .._stage import (
     DROPPED,
     JoinSpec,
 )
 from ._segment import Head, Segment, _Status
+
+
+def _zipped(items: tuple[Any, ...]) -> Any:
+    pair = combine(list(items))
+    pair.value = tuple(pair.value)
+    return pair
 
 
 class ZipHead(Head):
@@ -35,6 +42,8 @@ class ZipHead(Head):
                     buf.extend(chunk)
             n = min(len(b) for b in bufs)
             out = [tuple(b.popleft() for b in bufs) for _ in range(n)]
+            if self.tracked:  # a pair is done when it is: one ticket over its members
+                out = [_zipped(pair) for pair in out]
             self.n_out += n
             await seg.emit(out)
 

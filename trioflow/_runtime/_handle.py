@@ -10,9 +10,11 @@ from typing import Any, Generic, TypeVar, final
 
 import trio
 
+from .._acks import settle, unwrap
 from .._edge import Edge
 from .._plan import Plan
 from .._policies import DeadLetterEntry
+from .._report import RunReport
 from .._stats import RunState, RunStatistics
 from ._runner import Runner
 
@@ -25,8 +27,9 @@ class RunHandle(Generic[R]):
     """A live run, as returned by ``await nursery.start(flow.run)``.
 
     ``statistics()`` reads a snapshot, ``cancel()`` aborts the run (``run`` then returns
-    quietly), ``await wait()`` waits for the end and returns the final state, and
-    ``result()`` gives the sink's result of a completed run.
+    quietly), ``await wait()`` waits for the end and returns the final state,
+    ``result()`` gives the sink's result of a completed run, and ``report()`` the
+    ``RunReport`` of a run that has ended.
     """
 
     __slots__ = ("_result", "_runner")
@@ -72,18 +75,40 @@ class RunHandle(Generic[R]):
         """The sink's result of a completed run; ``RuntimeError`` if it did not complete."""
         if self._runner.state is not RunState.COMPLETED:
             raise RuntimeError(f"the run has no result: it is {self._runner.state.value}")
+        return self._sink_result()
+
+    def _sink_result(self) -> R:
         if self._result is not None:
             return self._result()
         return self._runner.result()  # type: ignore[no-any-return]
 
+    def report(self) -> RunReport[R]:
+        """The ``RunReport`` of the run (results, counts, collected failures, duration),
+        once it has ended in any state; ``RuntimeError`` while it is still running. For a
+        failed or cancelled run, ``result`` is what the sinks held when it stopped."""
+        runner = self._runner
+        if not runner.finished:
+            raise RuntimeError(f"the run has no report yet: it is {runner.state.value}")
+        assert runner.started_at is not None and runner.finished_at is not None
+        return RunReport(
+            state=runner.state, result=self._sink_result(), results=runner.results(),
+            failures=tuple(runner.collected), errors=tuple(runner.errors),
+            duration=runner.finished_at - runner.started_at, statistics=runner.statistics(),
+        )
 
-async def run_to_completion(plan: Plan, task_status: trio.TaskStatus[Any]) -> Any:
+
+async def run_to_completion(
+    plan: Plan, task_status: trio.TaskStatus[Any], *, report: bool = False,
+    result: Callable[[Runner], Any] | None = None,
+) -> Any:
+    """Run ``plan``; return what ``result(runner)`` gives (default: the last sink's result),
+    or with ``report`` the run's ``RunReport``, raising for fail-fast errors only."""
     runner = Runner(plan)
-    handle: RunHandle[Any] = RunHandle(runner)
+    handle: RunHandle[Any] = RunHandle(runner, None if result is None else lambda: result(runner))
 
     await runner.run_tasks(lambda: task_status.started(handle))
-    runner.raise_errors()
-    return runner.result()
+    runner.raise_errors(collected=not report)
+    return handle.report() if report else handle._sink_result()
 
 
 class ItemStream(Generic[T]):
@@ -93,10 +118,12 @@ class ItemStream(Generic[T]):
     scheduler, so a loop body that never awaits runs at most one chunk between checkpoints.
     """
 
-    def __init__(self, edge: Edge, chunk_size: int) -> None:
+    def __init__(self, edge: Edge, chunk_size: int, tracked: bool = False) -> None:
         self._edge = edge
         self._chunk_size = chunk_size
         self._buf: deque[T] = deque()
+        #: items are ``Tracked``: one taken by the caller is done (acknowledged)
+        self._tracked = tracked
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
@@ -114,4 +141,8 @@ class ItemStream(Generic[T]):
             if chunk is None:
                 raise trio.EndOfChannel
             self._buf.extend(chunk)
-        return self._buf.popleft()
+        item = self._buf.popleft()
+        if self._tracked:
+            settle(item)
+            return unwrap(item)  # type: ignore[no-any-return]
+        return item

@@ -66,11 +66,23 @@ class Router:
 
 class BroadcastRouter(Router):
     """Every item to every live branch, each through its own bounded edge: the slowest
-    branch sets the pace; a branch that stopped (``take``) is skipped from then on."""
+    branch sets the pace; a branch that stopped (``take``) is skipped from then on. A
+    tracked item is done once every branch is done with it: its ticket gets a part per
+    extra branch."""
+
+    def __init__(self, node: PlanNode, edges: list[Edge]) -> None:
+        super().__init__(node, edges)
+        spec = node.spec
+        assert isinstance(spec, BroadcastSpec)
+        self.tracked = spec.tracked
 
     async def _route(self, chunk: list[Any]) -> None:
         self.n_in += len(chunk)
         live = list(self.live)
+        if self.tracked and len(live) > 1:
+            for item in chunk:
+                if item.ticket is not None:
+                    item.ticket.pending += len(live) - 1
         last = len(live) - 1
         for i, edge in enumerate(live):
             try:

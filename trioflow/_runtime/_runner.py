@@ -12,6 +12,7 @@ from .._edge import Edge
 from .._plan import Plan
 from .._policies import DeadLetterEntry, Guard
 from .._stage import (
+    DiscardSink,
     JoinSpec,
     MergeSpec,
     OrderedMergeSpec,
@@ -19,6 +20,8 @@ from .._stage import (
     ZipSpec,
 )
 from .._stats import EdgeStatistics, RunState, RunStatistics, StageStatistics
+from .._tracking import tracks
+from ._acker import Ledger
 from ._build import _make_head, _make_op
 from ._fanin import JoinHead, OrderedMergeHead, ZipHead
 from ._routers import Router, _make_router
@@ -83,6 +86,9 @@ class Runner:
         self.draining = False
         self._linked: list[trio.CancelScope] = []
         self._finished = trio.Event()
+        #: Trio clock at the start and the end of ``run_tasks`` (the report's duration)
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
         #: failures recorded by stages with ``on_error=Collect()``
         self.collected: list[DeadLetterEntry] = []
         self.edges: list[Edge] = [
@@ -126,6 +132,17 @@ class Runner:
             inputs = [self.edges[i] for i in seg_plan.inputs]
             self.segments.append(
                 Segment(self, seg_plan, head, ops, inputs, out, out_edges, plan.chunk_size))
+        #: a source asked for acknowledgements: items travel as ``Tracked`` (see ``_acks``)
+        self.tracked = tracks([n.spec for seg in plan.segments for n in seg.nodes])
+        #: one ledger per source that asked for acknowledgements
+        self.ledgers: list[Ledger] = []
+        if self.tracked:
+            for seg in self.segments:
+                on_ack = getattr(seg.head.node.spec, "on_ack", None) if seg.head.node else None
+                seg.head.tracked = True
+                if on_ack is not None:
+                    seg.head.ledger = Ledger(on_ack, seg.head.name)
+                    self.ledgers.append(seg.head.ledger)
 
     @property
     def output(self) -> Edge | None:
@@ -188,16 +205,23 @@ class Runner:
         """Run every segment in one nursery; call ``on_ready`` when all are ready (not if
         the run failed while starting). Does not raise recorded errors: ``raise_errors``
         does, after the nursery is gone."""
+        self.started_at = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 if self._cancel_requested:
                     nursery.cancel_scope.cancel()
-                for seg in reversed(self.segments):
-                    await nursery.start(self.guarded, seg.run)
-                if not self.errors:
-                    self.state = RunState.RUNNING
-                    on_ready()
+                if not self.ledgers:
+                    await self._start_segments(nursery, on_ready)
+                else:
+                    # the ledgers outlive the segments: they hand over the last acks once
+                    # every segment has ended
+                    for ledger in self.ledgers:
+                        await nursery.start(self.guarded, ledger.run)
+                    async with trio.open_nursery() as segments:
+                        await self._start_segments(segments, on_ready)
+                    for ledger in self.ledgers:
+                        ledger.close()
         except BaseException as exc:  # cancelled from outside (or interrupted)
             self.state = RunState.FAILED if self.errors else RunState.CANCELLED
             cancelled = _sole_cancelled(exc)
@@ -227,15 +251,30 @@ class Runner:
                 if not seg.head_ran:
                     seg.head_ran = True
                     await seg.head.release()
+            self.finished_at = trio.current_time()
             self._finished.set()
 
-    def raise_errors(self, extra: Exception | None = None) -> None:
-        """Raise the recorded errors as one ExceptionGroup level (nothing if none)."""
+    @property
+    def finished(self) -> bool:
+        """The run has ended (completed, failed or cancelled) and cleaned up."""
+        return self._finished.is_set()
+
+    async def _start_segments(self, nursery: trio.Nursery, on_ready: Callable[[], None]) -> None:
+        for seg in reversed(self.segments):
+            await nursery.start(self.guarded, seg.run)
+        if not self.errors:
+            self.state = RunState.RUNNING
+            on_ready()
+
+    def raise_errors(self, extra: Exception | None = None, *, collected: bool = True) -> None:
+        """Raise the recorded errors as one ExceptionGroup level (nothing if none).
+        ``collected=False`` (a run asked for a report): the failures that ``Collect()``
+        recorded are not raised for themselves, only alongside errors of a failed run."""
         if self.errors:
             errors = [*self.errors, extra] if extra is not None else list(self.errors)
             errors += [e.exception for e in self.collected if isinstance(e.exception, Exception)]
             raise ExceptionGroup(f"trioflow run failed with {len(errors)} error(s)", errors)
-        if self.collected and not self._cancel_requested:
+        if collected and self.collected and not self._cancel_requested:
             # (a run cancelled through its handle returns quietly: the failures it had
             # collected stay readable through ``handle.failures()``)
             leaves = [e.exception for e in self.collected if isinstance(e.exception, Exception)]
@@ -255,7 +294,8 @@ class Runner:
         out: dict[str, Any] = {}
         for seg in self.segments:
             nodes = seg.plan.nodes
-            if nodes and isinstance(nodes[-1].spec, Sink):
+            # (``Flow.run``'s DiscardSink drops the items: it has no result to report)
+            if nodes and isinstance(nodes[-1].spec, Sink) and not isinstance(nodes[-1].spec, DiscardSink):
                 out[nodes[-1].name] = seg.sink_result()
         return out
 

@@ -23,6 +23,7 @@ from .._ops import (
 from .._plan import PlanNode, PlanSegment
 from .._policies import Fail, Guard, with_retry_and_timeout
 from .._stage import DROPPED
+from ._acker import Ledger
 
 #: Bound on how long an async iterator's ``aclose`` may take when a run ends.
 _ACLOSE_TIMEOUT = 5.0
@@ -81,6 +82,10 @@ class Head:
         self.workers = 1
         self.waiting = 0
         self.guard: Guard | None = _guard_for(node) if node is not None else None
+        #: the run tracks acknowledgements: a source hands on ``Tracked`` items
+        self.tracked = False
+        #: a source that asked for acknowledgements: where its tickets settle
+        self.ledger: Ledger | None = None
         self.envelope = bool(node is not None and getattr(node.spec, "envelope", False))
 
     async def run(self, seg: Segment, status: _Status) -> None:  # pragma: no cover

@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar, final
 import trio
 from trio.lowlevel import checkpoint
 
+from .._acks import Ticket, Tracked
 from .._errors import SourceConsumedError
 from .._plan import PlanNode
 from .._policies import Supervisor
@@ -98,6 +99,7 @@ class IterableHead(Head):
             raise
         if it is self.iterable:
             _take_one_shot(self, self.spec, it)
+        ledger = self.ledger
         while not seg.draining:
             started = clock()
             try:
@@ -108,6 +110,8 @@ class IterableHead(Head):
             if not chunk:
                 return
             self.n_out += len(chunk)
+            if self.tracked:  # each item is its own token
+                chunk = [Tracked(x, None if ledger is None else Ticket(ledger, x)) for x in chunk]
             await emit(chunk)
             sizer.took(clock() - started)
             await checkpoint()
@@ -232,6 +236,23 @@ class PeriodicHead(Head):
             k += 1
 
 
+class _NoAck:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<no ack>"
+
+
+_NO_ACK: Any = _NoAck()
+
+
+def _tracked(head: Head, item: Any, ack: object) -> Tracked:
+    ledger = head.ledger
+    if ack is _NO_ACK or ledger is None:
+        return Tracked(item, None)
+    return Tracked(item, Ticket(ledger, ack))
+
+
 @final
 class Emit(Generic[T]):
     """Hands items from user code (``trioflow.source``, ``trioflow.continuous``) to the
@@ -258,8 +279,14 @@ class Emit(Generic[T]):
         self._head = head
         self._n = 0
 
-    async def __call__(self, item: T) -> None:
-        self._head.n_out += 1
+    async def __call__(self, item: T, *, ack: object = _NO_ACK) -> None:
+        """Hand on ``item``; ``ack`` is its token when the source asked for
+        acknowledgements (``on_ack=``): the token comes back in an ``Ack`` once the item
+        is done."""
+        head = self._head
+        head.n_out += 1
+        if head.tracked:
+            item = _tracked(head, item, ack)  # type: ignore[assignment]
         await self._seg.emit([item])
         self._n += 1
         if self._n >= self._seg.chunk_size:
@@ -267,9 +294,18 @@ class Emit(Generic[T]):
             self._n = 0
             await checkpoint()
 
-    async def many(self, items: list[T] | tuple[T, ...]) -> None:
-        """Emit several items together (one edge operation for all of them)."""
-        chunk = list(items)
+    async def many(
+        self, items: list[T] | tuple[T, ...], *, acks: list[Any] | tuple[Any, ...] | None = None
+    ) -> None:
+        """Emit several items together (one edge operation for all of them); ``acks``, when
+        given, holds each item's token (as ``ack`` of ``emit``), in the same order."""
+        chunk: list[Any] = list(items)
+        head = self._head
+        if acks is not None and len(acks) != len(chunk):
+            raise ValueError(f"acks: {len(acks)} tokens for {len(chunk)} items")
+        if head.tracked:
+            tokens: Any = acks if acks is not None else [_NO_ACK] * len(chunk)
+            chunk = [_tracked(head, x, a) for x, a in zip(chunk, tokens, strict=True)]
         if chunk:
             self._head.n_out += len(chunk)
             await self._seg.emit(chunk)

@@ -13,6 +13,7 @@ from typing import Any
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
+from .._acks import combine
 from .._ops import (
     Batcher,
     KeyMemory,
@@ -198,6 +199,7 @@ class BatchTimerHead(Head):
         self.size = spec.size
         assert spec.timeout is not None
         self.timeout = spec.timeout
+        self.tracked_items = spec.tracked
 
     async def run(self, seg: Segment, status: _Status) -> None:
         status.started()
@@ -212,7 +214,7 @@ class BatchTimerHead(Head):
                 chunk = await inp.receive(seg.chunk_size)
                 received = True
             if not received:  # the oldest item of the partial batch waited `timeout`
-                partial = batcher.take_partial()
+                partial = self._out(batcher.take_partial())
                 deadline = math.inf
                 if partial:
                     self.n_out += 1
@@ -223,7 +225,7 @@ class BatchTimerHead(Head):
             now = trio.current_time()
             self.n_in += len(chunk)
             was_empty = not batcher.current
-            full = batcher.add(chunk)
+            full = self._out(batcher.add(chunk))
             if full:
                 self.n_out += len(full)
                 await seg.emit(full)
@@ -232,10 +234,14 @@ class BatchTimerHead(Head):
             elif was_empty or full:
                 deadline = now + self.timeout
         await checkpoint_if_cancelled()  # a failed run is cancelled, not completed
-        partial = batcher.take_partial()
+        partial = self._out(batcher.take_partial())
         if partial:
             self.n_out += 1
             await seg.emit(partial)
+
+    def _out(self, batches: list[list[Any]]) -> list[Any]:
+        """Batches as handed on: tracked batches carry one ticket over their members."""
+        return [combine(b) for b in batches] if self.tracked_items else batches
 
 
 class PassHead(Head):
