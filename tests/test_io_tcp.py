@@ -54,9 +54,11 @@ class Server:
         return [(d.item.connection.id, d.item.line, d.item.reason) for d in self.dead]
 
     async def start(self, nursery: trio.Nursery, *, sink: Any = None, buffer: int = 512,
-                    **kw: Any) -> Server:
-        flow = tfio.tcp_source(0, host=HOST, on_listening=self.servers.append,
-                               rejects=tf.DeadLetter(self.dead), **kw)
+                    stages: tuple[Any, ...] = (), **kw: Any) -> Server:
+        flow: Any = tfio.tcp_source(0, host=HOST, on_listening=self.servers.append,
+                                    rejects=tf.DeadLetter(self.dead), **kw)
+        for stage in stages:
+            flow = flow | stage
         pipeline = flow | (sink or tf.sink(self.out.append))
         self.handle = await nursery.start(lambda task_status: pipeline.run(
             buffer=buffer, task_status=task_status))
@@ -368,9 +370,9 @@ async def test_length_prefixed_frames_and_a_fatal_prefix(nursery: trio.Nursery) 
                              replies=tfio.Replies())
     good, bad = await s.connect(), await s.connect()
     await bad.send_all(b"\x00\x03abc\x00\x00" + b"\x01\x00" + b"x" * 256)
-    replies = await read_all(bad)
-    assert replies == (b"err 3 length prefix 256 exceeds max_frame (10 bytes); the stream cannot be "
-                       b"resynchronised\n")
+    replies = (await read_all(bad)).splitlines()
+    assert sorted(replies) == [b"err 3 length prefix 256 exceeds max_frame (10 bytes); the stream cannot be "
+                               b"resynchronised", b"ok 1", b"ok 2"]
     await good.send_all(b"\x00\x02hi")
     await until(lambda: len(s.out) == 3)
     assert sorted(s.out) == [b"", b"abc", b"hi"]
@@ -486,16 +488,18 @@ def traffic(draw: st.DrawFn) -> tuple[list[list[bytes]], list[list[int]]]:
     return records, cuts
 
 
-@given(t=traffic())
-@settings(max_examples=25, deadline=None)
+@given(t=traffic(), replies=st.booleans())
+@settings(max_examples=30, deadline=None)
 def test_records_split_anywhere_arrive_exactly_once_in_connection_order(
-    t: tuple[list[list[bytes]], list[list[int]]]
+    t: tuple[list[list[bytes]], list[list[int]]], replies: bool
 ) -> None:
+    """And with replies: each connection gets exactly one ``ok <line>`` per line."""
     records, cuts = t
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            s = await Server().start(nursery, buffer=4)
+            s = await Server().start(nursery, buffer=4,
+                                     replies=tfio.Replies() if replies else None)
 
             async def client(c: int) -> None:
                 stream = await s.connect()
@@ -505,6 +509,10 @@ def test_records_split_anywhere_arrive_exactly_once_in_connection_order(
                     if b > a:
                         await stream.send_all(data[a:b])
                         await trio.lowlevel.checkpoint()
+                if replies:
+                    await stream.send_eof()
+                    answers = (await read_all(stream)).decode().splitlines()
+                    assert sorted(answers) == sorted(f"ok {n}" for n in range(1, len(records[c]) + 1))
                 await stream.aclose()
 
             async with trio.open_nursery() as clients:
@@ -518,3 +526,98 @@ def test_records_split_anywhere_arrive_exactly_once_in_connection_order(
             await s.handle.drain(10)
 
     trio.run(main)
+
+
+# ----------------------------------------------------------------------------- replies
+
+
+async def test_replies_ok_after_commit_err_after_rejection_one_per_line(nursery: trio.Nursery) -> None:
+    committed: set[int] = set()
+    early: list[int] = []
+    letters: list[tf.DeadLetterEntry] = []
+
+    def ok(record: tfio.Received[dict[str, Any]]) -> str:
+        if record.value["id"] not in committed:
+            early.append(record.value["id"])
+        return f"ok {record.value['id']}"
+
+    def check(r: dict[str, Any]) -> dict[str, Any]:
+        if r["value"] < 0:
+            raise ValueError("negative value")
+        return r
+
+    async def store(batch: list[dict[str, Any]]) -> None:
+        await trio.sleep(0.001)  # the "transaction"
+        committed.update(r["id"] for r in batch)
+
+    s = await Server().start(
+        nursery, decode=shape, replies=tfio.Replies(ok=ok),
+        stages=(tf.map(check, on_error=tf.DeadLetter(letters)), tf.batch(7, timeout=0.01)),
+        sink=tf.sink(store))
+    lines = []
+    for i in range(60):
+        if i % 10 == 3:
+            lines.append(b'{"id": oops}\n')
+        elif i % 7 == 5:
+            lines.append(json.dumps({"id": i, "sensor": "s", "value": -1}).encode() + b"\n")
+        else:
+            lines.append(reading(i))
+    c = await s.connect()
+    for k in range(0, 60, 13):
+        await c.send_all(b"".join(lines[k : k + 13]))
+    await c.send_eof()
+    replies = (await read_all(c)).decode().splitlines()  # the server closes after the last
+    assert len(replies) == 60 and early == []
+    oks = {int(r.split()[1]) for r in replies if r.startswith("ok ")}
+    errs = {int(r.split()[1]): r for r in replies if r.startswith("err ")}
+    assert oks == {i for i in range(60) if i % 10 != 3 and i % 7 != 5} == committed
+    assert set(errs) == {i + 1 for i in range(60) if i % 10 == 3 or i % 7 == 5}
+    assert errs[13] == "err 13 ValueError: negative value"  # failed downstream (id 12)
+    assert errs[4].startswith("err 4 JSONDecodeError")  # rejected by the source
+    assert len(letters) == len([i for i in range(60) if i % 7 == 5 and i % 10 != 3])
+    assert s.stats().replies_sent == 60
+
+
+async def test_drain_commits_and_answers_what_was_read_before_closing(nursery: trio.Nursery) -> None:
+    release = trio.Event()
+    stored: list[bytes] = []
+
+    async def slow(x: bytes) -> None:
+        await release.wait()
+        stored.append(x)
+
+    s = await Server().start(nursery, sink=tf.sink(slow), replies=tfio.Replies(), linger=0.5)
+    c = await s.connect()
+    await c.send_all(b"".join(b"r%d\n" % i for i in range(20)) + b"partial")
+    await until(lambda: s.stats().records == 20)
+    states: list[tf.RunState] = []
+
+    async def drain() -> None:
+        states.append(await s.handle.drain(30))
+
+    nursery.start_soon(drain)
+    await until(lambda: s.stats().partial == 1)  # reading stopped
+    assert s.stats().replies_sent == 1  # only the partial record's rejection: nothing committed
+    release.set()
+    replies = (await read_all(c)).decode().splitlines()
+    assert sorted(replies) == sorted([f"ok {n}" for n in range(1, 21)]
+                                     + ["err 21 server draining: incomplete record dropped (7 bytes)"])
+    await until(lambda: bool(states))
+    assert states == [tf.RunState.COMPLETED] and len(stored) == 20
+
+
+async def test_a_client_waiting_for_its_replies_is_not_idle(nursery: trio.Nursery) -> None:
+    release = trio.Event()
+
+    async def slow(x: bytes) -> None:
+        await release.wait()
+
+    s = await Server().start(nursery, sink=tf.sink(slow), replies=tfio.Replies(), idle_timeout=0.05)
+    c = await s.connect()
+    await c.send_all(b"a\nb\n")
+    await until(lambda: s.stats().records == 2)
+    await trio.sleep(0.5)  # ten idle timeouts, while its records wait downstream
+    assert (s.stats().idle_closed, s.stats().open) == (0, 1)
+    release.set()
+    assert sorted((await read_all(c)).decode().splitlines()) == ["ok 1", "ok 2"]
+    assert s.stats().idle_closed == 1  # once answered, it is idle

@@ -51,6 +51,7 @@ from typing import Any, Generic, TypeVar, final, overload
 import attrs
 import trio
 
+from .._acks import Ack
 from .._errors import DefinitionTypeError, DefinitionValueError
 from .._flow import Flow
 from .._operators import source
@@ -476,11 +477,11 @@ class TcpServer:
                 self._peak_held = self._held
             self._records += n  # before: the put may run the consumer before it returns
             try:
-                if self.spec.replies is not None and _ACKS:
+                if self.spec.replies is not None:
                     numbers = range(line0 + 1, line0 + 1 + n) if lines is None else lines
                     tokens = [_Token(conn, line, value) for line, value in zip(numbers, values, strict=True)]
                     conn.pending += n
-                    await self._emit.many(values, acks=tokens)  # type: ignore[call-arg]
+                    await self._emit.many(values, acks=tokens)
                 else:
                     await self._emit.many(values)
             finally:
@@ -567,12 +568,9 @@ class TcpServer:
 _LINES = Lines()
 _SKIP = Skip()
 
-#: Whether the core passes acknowledgements to sources (set once the runtime has them).
-_ACKS = False
-
-
-def _settle(acks: list[Any]) -> None:
-    """The source's acknowledgement callback: route each settled record to its connection."""
+def _settle(acks: list[Ack]) -> None:
+    """The source's acknowledgement callback (with ``replies`` only): route each settled
+    record to its connection. Synchronous: queueing a reply never waits."""
     for ack in acks:
         token: _Token = ack.token
         token.conn.settle(token, ack.error)
@@ -704,4 +702,5 @@ def tcp_source(
         idle_timeout=idle_timeout, linger=linger, rejects=rejects, replies=replies,
         on_listening=on_listening, backlog=backlog, name=name,
     )
-    return source(spec.serve, name=name)
+    # acknowledgements (and their tracking cost) only when there is someone to answer
+    return source(spec.serve, name=name, on_ack=_settle if replies is not None else None)
