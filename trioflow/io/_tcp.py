@@ -18,13 +18,18 @@ the socket's receive buffer fills and TCP flow control slows the client. What th
 holds is therefore bounded per connection by one chunk (``RECEIVE_SIZE`` bytes and the
 records decoded from it) plus one partial record (at most ``max_frame`` bytes).
 
-Replies. With ``replies=Replies(...)`` a connection also has a bounded reply queue and a
-writer task. A rejection is answered at once; an accepted record is answered when the
-pipeline settles it (``_settle``, called with the record's token). Appending to the queue
-never waits: a client that does not read its replies fills the queue, and then that
-connection (only) is closed and counted (``reply_overflows``). Before a connection is closed
-gracefully, its reader waits until every record it handed on was settled and the writer
-has flushed the queue.
+Replies. With ``replies=Replies(...)`` a connection also has a reply queue and a writer
+task. A rejection is answered at once; an accepted record is answered when the pipeline
+settles it (``_settle``, the source's ``on_ack``, called with the records' tokens).
+Appending to the queue never waits, so acknowledgements never wait for a client; the
+bound is applied to the reader: while ``Replies.buffer`` replies or more are unsent, the
+connection does not read its client (which then slows down like any client under
+backpressure). A client that does not read at all leaves the writer stuck; after
+``Replies.timeout`` without progress that connection (only) is closed and counted
+(``reply_stalls``). So a connection's queue holds at most ``buffer`` replies plus those of
+the records it had already handed on. Before a connection is closed gracefully, its
+reader waits until every record it handed on was settled and the writer has written the
+queue.
 
 Drain. The accept loops run under ``emit.cancel_on_drain()``; when a drain begins, they
 stop, the connections already completed in the listen backlog are accepted without
@@ -38,7 +43,6 @@ closes, bounded by ``linger``). The source returns when the last connection is c
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import math
@@ -65,6 +69,8 @@ logger = logging.getLogger("trioflow")
 
 #: Bytes asked of the socket per ``receive_some``.
 RECEIVE_SIZE = 64 * 1024
+#: Replies are written in pieces of this size, each within ``Replies.timeout``.
+REPLY_PIECE = 64 * 1024
 #: How long a refused connection (over the limit, or in the backlog at a drain) may take
 #: to receive its reason line before it is closed anyway.
 REFUSE_TIMEOUT = 1.0
@@ -130,8 +136,12 @@ class Replies:
     * ``err(line, reason)``: the reply for a record rejected by the source (framing or
       ``decode``) or failed downstream (skipped or dead-lettered); default
       ``"err <line> <reason>"``.
-    * ``buffer``: how many replies may wait for a connection whose client does not read
-      them; one more closes that connection (counted in ``reply_overflows``).
+    * ``buffer``: while this many replies (or more) wait to be written to a connection,
+      the source stops reading that connection (its client is slowed down by TCP, the
+      pipeline and the other connections are not);
+    * ``timeout``: a connection whose replies make no progress for this long (64 KiB not
+      taken by the socket) is closed, as a client that does not read them (counted in
+      ``reply_stalls``).
 
     A function returns the line without its ``\\n`` (a ``str``, encoded as UTF-8), or
     ``None`` for no reply. Replies are written in the order records are settled, which is
@@ -141,6 +151,7 @@ class Replies:
     ok: Callable[[Received[Any]], str | None] = _default_ok
     err: Callable[[int, str], str | None] = _default_err
     buffer: int = 1024
+    timeout: float = 30.0
 
     def __attrs_post_init__(self) -> None:
         for name in ("ok", "err"):
@@ -148,6 +159,9 @@ class Replies:
                 raise DefinitionTypeError(
                     f"{name} of Replies must be a function, got {getattr(self, name)!r}")
         _check_int("buffer of Replies", self.buffer, 1)
+        if self.timeout is None:
+            raise DefinitionValueError("timeout of Replies must be a number of seconds > 0, got None")
+        _check_seconds("timeout of Replies", self.timeout)
 
 
 @final
@@ -167,8 +181,8 @@ class TcpStatistics:
     resets: int
     #: connections closed because a frame could not be resynchronised (fatal ``FrameError``)
     frame_errors: int
-    #: connections closed because the client did not read its replies
-    reply_overflows: int
+    #: connections closed because the client did not read its replies (``Replies.timeout``)
+    reply_stalls: int
     bytes_received: int
     #: records handed on downstream
     records: int
@@ -218,11 +232,19 @@ class _Token:
 
 
 class _Connection:
-    """The live state of one connection."""
+    """The live state of one connection, and its replies.
+
+    Replies are queued without waiting (``reply``), so the pipeline's acknowledgements never
+    wait for a client. The bound is on the reader instead: while ``unsent`` (queued or being
+    written) is at ``Replies.buffer`` or more, the connection does not read its client, so a
+    client that does not read its replies stops being read too. The writer sends in pieces
+    of ``REPLY_PIECE`` bytes; a piece that the socket does not take within
+    ``Replies.timeout`` means the client has stopped reading: the connection is closed.
+    """
 
     __slots__ = (
-        "_all_settled", "info", "line", "pending", "reply_recv", "reply_send", "scope", "server",
-        "stream",
+        "_all_settled", "_more", "_room", "closed", "finished", "info", "line", "pending", "queue",
+        "scope", "server", "stream", "unsent",
     )
 
     def __init__(self, server: TcpServer, stream: trio.SocketStream, info: ConnectionInfo) -> None:
@@ -234,36 +256,50 @@ class _Connection:
         self.pending = 0
         self._all_settled: trio.Event | None = None
         self.scope = trio.CancelScope()
-        self.reply_send: trio.MemorySendChannel[bytes] | None = None
-        self.reply_recv: trio.MemoryReceiveChannel[bytes] | None = None
-        if server.spec.replies is not None:
-            self.reply_send, self.reply_recv = trio.open_memory_channel[bytes](server.spec.replies.buffer)
+        #: reply lines not yet handed to the writer
+        self.queue: list[bytes] = []
+        #: replies queued or being written
+        self.unsent = 0
+        #: no more replies will come: the writer ends once the queue is written
+        self.finished = False
+        #: the connection is closed: later replies are dropped
+        self.closed = False
+        self._more: trio.Event | None = None
+        self._room: trio.Event | None = None
 
     def reply(self, text: str | None) -> None:
-        """Queue one reply line; never waits. A full queue closes the connection."""
-        if text is None or self.reply_send is None:
+        """Queue one reply line; never waits."""
+        if text is None:
             return
-        try:
-            self.reply_send.send_nowait(text.encode() + b"\n")
-        except trio.WouldBlock:
-            self.server._reply_overflows += 1
+        if self.closed:
             self.server._replies_dropped += 1
-            logger.warning("trioflow: tcp connection %s does not read its replies (%d queued): closed",
-                           self.info, self.server.spec.replies.buffer if self.server.spec.replies else 0)
-            self.reply_send.close()
-            self.scope.cancel()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self.server._replies_dropped += 1
+            return
+        self.queue.append(text.encode() + b"\n")
+        self.unsent += 1
+        if self._more is not None:
+            self._more.set()
+
+    def finish(self) -> None:
+        self.finished = True
+        if self._more is not None:
+            self._more.set()
+
+    async def wait_for_room(self, buffer: int) -> None:
+        """Wait while ``buffer`` replies or more are unsent (the client reads them slowly)."""
+        while self.unsent >= buffer:
+            self._room = trio.Event()
+            await self._room.wait()
 
     def settle(self, token: _Token, error: BaseException | None) -> None:
         """The pipeline is done with one of this connection's records."""
         replies = self.server.spec.replies
         if replies is not None:
-            if error is None:
-                record = Received(value=token.value, connection=self.info, line=token.line)
-                self.reply(replies.ok(record))
-            else:
+            if error is not None:
                 self.reply(replies.err(token.line, _one_line(error)))
+            elif replies.ok is _default_ok:  # the common case, without a Received per record
+                self.reply(f"ok {token.line}")
+            else:
+                self.reply(replies.ok(Received(value=token.value, connection=self.info, line=token.line)))
         self.pending -= 1
         if self.pending == 0 and self._all_settled is not None:
             self._all_settled.set()
@@ -273,18 +309,30 @@ class _Connection:
             self._all_settled = trio.Event()
             await self._all_settled.wait()
 
-    async def write_replies(self) -> None:
-        assert self.reply_recv is not None
-        recv = self.reply_recv
+    async def write_replies(self, stall_after: float) -> None:
         server = self.server
         try:
-            async for first in recv:
-                batch = [first]
-                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
-                    while len(batch) < 1024:
-                        batch.append(recv.receive_nowait())
-                await self.stream.send_all(b"".join(batch))
+            while True:
+                while not self.queue:
+                    if self.finished:
+                        return
+                    self._more = trio.Event()
+                    await self._more.wait()
+                batch, self.queue = self.queue, []
+                data = b"".join(batch)
+                for start in range(0, len(data), REPLY_PIECE):
+                    with trio.move_on_after(stall_after) as stalled:
+                        await self.stream.send_all(data[start : start + REPLY_PIECE])
+                    if stalled.cancelled_caught:
+                        server._reply_stalls += 1
+                        logger.warning("trioflow: tcp connection %s has not read its replies for "
+                                       "%g s: closed", self.info, stall_after)
+                        self.scope.cancel()
+                        return
                 server._replies_sent += len(batch)
+                self.unsent -= len(batch)
+                if self._room is not None:
+                    self._room.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.scope.cancel()  # the client is gone: nothing more to read or answer
 
@@ -319,7 +367,7 @@ class TcpServer:
         self._idle_closed = 0
         self._resets = 0
         self._frame_errors = 0
-        self._reply_overflows = 0
+        self._reply_stalls = 0
         self._bytes = 0
         self._records = 0
         self._rejected = 0
@@ -343,7 +391,7 @@ class TcpServer:
         return TcpStatistics(
             connections=self._next_id, open=self._open, refused=self._refused,
             idle_closed=self._idle_closed, resets=self._resets, frame_errors=self._frame_errors,
-            reply_overflows=self._reply_overflows, bytes_received=self._bytes, records=self._records,
+            reply_stalls=self._reply_stalls, bytes_received=self._bytes, records=self._records,
             rejected=self._rejected, partial=self._partial, skipped=self._skipped, held=self._held,
             peak_held=self._peak_held, replies_sent=self._replies_sent,
             replies_dropped=self._replies_dropped,
@@ -407,19 +455,19 @@ class TcpServer:
         try:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
-                    if conn.reply_recv is not None:
-                        nursery.start_soon(conn.write_replies)
+                    replies = self.spec.replies
+                    if replies is not None:
+                        nursery.start_soon(conn.write_replies, replies.timeout)
                     graceful = await self._read(conn)
                     if graceful:
                         await conn.wait_settled()  # every record handed on has its reply queued
-                    if conn.reply_send is not None:
-                        conn.reply_send.close()  # the writer flushes the queue, then ends
+                    conn.finish()  # the writer writes what is queued, then ends
                 if graceful:
                     await self._close_gracefully(conn.stream)
         finally:
             self._open -= 1
-            if conn.reply_recv is not None:
-                self._replies_dropped += conn.reply_recv.statistics().current_buffer_used
+            conn.closed = True
+            self._replies_dropped += conn.unsent
             await trio.aclose_forcefully(conn.stream)
 
     async def _read(self, conn: _Connection) -> bool:
@@ -429,9 +477,12 @@ class TcpServer:
         framer = self.spec.framing.framer()
         receive = conn.stream.receive_some
         idle = self.spec.idle_timeout
+        room = self.spec.replies.buffer if self.spec.replies is not None else None
         while True:
             try:
                 with emit.cancel_on_drain() as drain:
+                    if room is not None and conn.unsent >= room:
+                        await conn.wait_for_room(room)
                     if idle is None:
                         data = await receive(RECEIVE_SIZE)
                     else:
