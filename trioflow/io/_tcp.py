@@ -359,7 +359,6 @@ class TcpServer:
     def __init__(self, spec: _TcpSpec, emit: Emit[Any], listeners: list[trio.SocketListener]) -> None:
         self.spec = spec
         self._emit = emit
-        self._listeners = listeners
         self._guard = Guard(spec.name or "tcp_source", spec.rejects)
         self._next_id = 0
         self._open = 0
