@@ -20,6 +20,7 @@ async def run_until_signal(
     *,
     drain_timeout: float = 30.0,
     signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    task_status: trio.TaskStatus[RunHandle[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> RunHandle[Any]:
     """Run a pipeline, flow or graph until it ends or a signal arrives.
 
@@ -29,6 +30,10 @@ async def run_until_signal(
     how (``COMPLETED``, ``CANCELLED``), ``handle.result()`` gives a completed run's result.
     A failure of the run is raised as usual. Must be called from the main thread (Trio's
     signal handling). On cancellation of the caller the run is cancelled with it.
+
+    ``handle = await nursery.start(run_until_signal, pipeline)`` gives the live handle once
+    the run is ready (to watch its statistics, or drain it yourself), while signals keep
+    draining and aborting it as above.
     """
     if not (drain_timeout > 0 or math.isinf(drain_timeout)):
         raise ValueError(f"drain_timeout must be > 0, got {drain_timeout!r}")
@@ -50,6 +55,7 @@ async def run_until_signal(
                     raise  # (the run failed while starting: raised below)
             if handle is not None:
                 running = handle
+                task_status.started(handle)
 
                 async def watch() -> None:
                     count = 0
