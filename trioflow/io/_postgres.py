@@ -37,7 +37,7 @@ from typing import Any, TypeVar, final
 import trio
 
 from .._errors import DefinitionTypeError, DefinitionValueError
-from .._policies import Backoff, DeadLetterEntry
+from .._policies import FAIL, Backoff, DeadLetterEntry, OnError, Retry
 from .._stage import Stage
 from ._table import Row, Table, quote
 from ._writer import (
@@ -339,6 +339,8 @@ def write_postgres(
     connect_timeout: float = 10.0,
     application_name: str = "trioflow",
     name: str | None = None,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
 ) -> Stage[list[Row], list[Row]]:
     """A stage that writes each batch of rows to a PostgreSQL table in one transaction, then
     emits the batch. Needs ``pip install 'trioflow[postgres]'`` (psycopg 3).
@@ -362,7 +364,8 @@ def write_postgres(
     * cancelled: by the run; the running statement is cancelled on the server and the
       connection closed, so no server session stays busy;
     * on error: an error of the batch (a constraint, a bad value) rolls the whole batch back
-      and goes to the run (fail-fast by default); a lost connection is retried as above.
+      and goes to ``retry`` and ``on_error`` (fail-fast by default; ``tf.DeadLetter(...)``
+      dead-letters the whole batch); a lost connection is retried as above, first.
     """
     op = "write_postgres"
     psycopg = import_psycopg(op)
@@ -373,7 +376,7 @@ def write_postgres(
         raise DefinitionTypeError(f"reconnect of {op} must be a Backoff, got {reconnect!r}")
     _check_number(op, "give_up_after", give_up_after, none=True)
     _check_number(op, "connect_timeout", connect_timeout)
-    return writer_stage(op, workers, name, lambda limiter: open_postgres_worker(
+    return writer_stage(op, workers, name, on_error, retry, lambda limiter: open_postgres_worker(
         psycopg, conninfo, spec, backoff=reconnect, give_up_after=give_up_after,
         connect_timeout=connect_timeout, limiter=limiter))
 

@@ -32,7 +32,7 @@ import trio
 import trio.lowlevel
 
 from .._errors import DefinitionTypeError, DefinitionValueError
-from .._policies import DeadLetterEntry
+from .._policies import FAIL, DeadLetterEntry, OnError, Retry
 from .._stage import Stage
 from ._table import Row, Table, quote
 from ._writer import (
@@ -67,16 +67,22 @@ class _SqliteConnection:
 
     def open(self) -> None:
         # isolation_level=None: no implicit transactions, ours are explicit (BEGIN IMMEDIATE)
-        conn = sqlite3.connect(self.path, timeout=_LOCK_SLICE, isolation_level=None,
-                               check_same_thread=False)
-        try:
-            self._begin_or_wait(conn, self._setup)
-        except BaseException:
-            conn.close()
-            raise
-        self.conn = conn
+        self.conn = sqlite3.connect(self.path, timeout=_LOCK_SLICE, isolation_level=None,
+                                    check_same_thread=False)
 
-    def _setup(self, conn: sqlite3.Connection) -> None:
+    def setup(self) -> bool:
+        """Set the journal mode, create or check the table. False: the database was locked
+        for a whole slice (try again)."""
+        try:
+            self._setup(self.conn)
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                return False
+            raise
+        return True
+
+    def _setup(self, conn: sqlite3.Connection | None) -> None:
+        assert conn is not None
         if self.wal:
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -91,18 +97,6 @@ class _SqliteConnection:
         if missing:
             names = ", ".join(map(repr, missing))
             raise TableError(f"table {t.name!r} in {self.path!r} has no column {names}")
-
-    def _begin_or_wait(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], None]) -> None:
-        # setup runs once per worker, before the run reports ready: a plain blocking wait
-        # (in the thread) for a lock is fine there
-        while True:
-            try:
-                fn(conn)
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-            else:
-                return
 
     def write(self, batch: Sequence[Row]) -> bool:
         """One batch in one transaction. False: the write lock could not be taken within
@@ -160,21 +154,30 @@ class SqliteWorker:
         #: rows committed by this worker
         self.rows = 0
 
+    async def setup(self) -> None:
+        """Journal mode, table: waits (cancellably) while another connection holds a lock."""
+        await self._until_locked(self._conn.setup)
+
     async def write(self, batch: Sequence[Row]) -> None:
         """Write and commit one batch; on cancellation, the thread call in progress (at most
         one lock slice or one transaction) is finished first, then ``Cancelled`` is raised."""
         check_batch("write_sqlite", batch)
         if not batch:
             return
-        deadline = None if self._conn.lock_timeout is None else trio.current_time() + self._conn.lock_timeout
-        while not await trio.to_thread.run_sync(self._conn.write, batch, limiter=self._limiter):
+        await self._until_locked(self._conn.write, batch)
+        self.rows += len(batch)
+
+    async def _until_locked(self, fn: Callable[..., bool], *args: object) -> None:
+        """Call ``fn`` in a thread until it could take the lock it needs (it returns True)."""
+        timeout = self._conn.lock_timeout
+        deadline = None if timeout is None else trio.current_time() + timeout
+        while not await trio.to_thread.run_sync(fn, *args, limiter=self._limiter):
             if deadline is not None and trio.current_time() >= deadline:
                 raise sqlite3.OperationalError(
-                    f"database is locked: the write lock on {self._conn.path!r} was not free within "
-                    f"lock_timeout={self._conn.lock_timeout}s"
+                    f"database is locked: the lock on {self._conn.path!r} was not free within "
+                    f"lock_timeout={timeout}s"
                 )
-            await trio.lowlevel.checkpoint()  # the checkpoint where a long wait for the lock can be cancelled
-        self.rows += len(batch)
+            await trio.lowlevel.checkpoint()  # where a long wait for the lock can be cancelled
 
 
 def _check_common(op: str, synchronous: object, lock_timeout: object, wal: object) -> None:
@@ -207,7 +210,9 @@ def open_sqlite_worker(path: str | os.PathLike[str], table: Table, *, wal: bool 
                                  lock_timeout=lock_timeout)
         await trio.to_thread.run_sync(conn.open, limiter=lim)
         try:
-            yield SqliteWorker(conn, lim)
+            worker = SqliteWorker(conn, lim)
+            await worker.setup()
+            yield worker
         finally:
             with trio.CancelScope(shield=True):  # the close must happen, also when cancelled
                 await trio.to_thread.run_sync(conn.close, limiter=lim)
@@ -227,6 +232,8 @@ def write_sqlite(
     lock_timeout: float | None = None,
     workers: int = 1,
     name: str | None = None,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
 ) -> Stage[list[Row], list[Row]]:
     """A stage that writes each batch of rows to a SQLite table in one transaction, then
     emits the batch.
@@ -251,15 +258,16 @@ def write_sqlite(
     * completes: when its input completed and every batch is committed; connections closed;
     * cancelled: by the run; a transaction in progress is finished (committed or rolled
       back) before the worker stops, never left open;
-    * on error: a failing row rolls back its whole batch, and the error goes to ``on_error``
-      handling of the run (fail-fast by default); a missing table fails the run's start.
+    * on error: a failing row rolls back its whole batch; the error then goes to
+      ``retry`` and ``on_error`` (fail-fast by default; ``tf.DeadLetter(...)`` dead-letters
+      the whole batch); a missing table fails the run's start.
     """
     op = "write_sqlite"
     path_s = _check_path(op, path)
     spec = Table.build(op, table, columns, key, create)
     _check_common(op, synchronous, lock_timeout, wal)
     check_workers(op, workers)
-    return writer_stage(op, workers, name, lambda limiter: open_sqlite_worker(
+    return writer_stage(op, workers, name, on_error, retry, lambda limiter: open_sqlite_worker(
         path_s, spec, wal=wal, synchronous=synchronous, lock_timeout=lock_timeout, limiter=limiter))
 
 

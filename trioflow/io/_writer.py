@@ -17,7 +17,7 @@ import trio
 
 from .._errors import DefinitionTypeError, DefinitionValueError, TrioflowError
 from .._operators import persistent
-from .._policies import DeadLetterEntry
+from .._policies import DeadLetterEntry, OnError, Retry
 from .._stage import Stage
 from ._table import Row
 
@@ -95,7 +95,7 @@ async def _drain(receive: trio.MemoryReceiveChannel[DeadLetterEntry], writer: Ba
 
 
 def writer_stage(
-    op: str, workers: int, name: str | None,
+    op: str, workers: int, name: str | None, on_error: OnError, retry: Retry | None,
     open_worker: Callable[[trio.CapacityLimiter], contextlib.AbstractAsyncContextManager[BatchWriter]],
 ) -> Stage[list[Row], list[Row]]:
     """The persistent stage of a writer: ``workers`` workers, each with the resource
@@ -110,7 +110,8 @@ def writer_stage(
         await worker.write(batch)
         return batch
 
-    return persistent(write_batch, resource=resource, workers=workers, name=name or op)
+    return persistent(write_batch, resource=resource, workers=workers, name=name or op,
+                      on_error=on_error, retry=retry)
 
 
 def check_dead_letter_args(op: str, buffer: object, row: object) -> None:
