@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 import trio
+from io_cases import SOCKET_COLUMNS, SOCKET_LETTERS, SOCKET_LINES, parse_socket_line, socket_letter_row
 
 import trioflow as tf
 import trioflow.io as tfio
@@ -128,24 +129,15 @@ async def test_a_failed_batch_can_be_dead_lettered_into_a_table(tmp_path: Path) 
     assert attempt == 1 and when > 1e9
 
 
-async def test_dead_letter_table_with_its_own_columns(tmp_path: Path) -> None:
-    """The socket example's table: connection, line, error, raw (first 1 KiB)."""
+async def test_the_socket_examples_dead_letter_table(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    lines = [("c1", 1, "{}"), ("c1", 2, "x" * 5000), ("c2", 1, "{bad")]
-
-    def parse(line: tuple[str, int, str]) -> object:
-        raise ValueError(f"bad line {line[1]}")
-
-    def row(e: tf.DeadLetterEntry) -> tuple[object, ...]:
-        conn, n, raw = e.item
-        return (conn, n, str(e.exception), raw[:1024])
-
-    cols = {"connection": "TEXT", "line": "INTEGER", "error": "TEXT", "raw": "TEXT"}
     with trio.fail_after(GUARD):
-        async with tfio.open_sqlite_dead_letters(db, columns=cols, row=row, buffer=10) as letters:
-            await (tf.from_iterable(lines) | tf.map(parse, on_error=tf.DeadLetter(letters))).run()
+        async with tfio.open_sqlite_dead_letters(db, columns=SOCKET_COLUMNS, row=socket_letter_row,
+                                                 buffer=10) as letters:
+            await (tf.from_iterable(SOCKET_LINES)
+                   | tf.map(parse_socket_line, on_error=tf.DeadLetter(letters))).run()
     got = rows_of(db, "SELECT connection, line, error, length(raw) FROM dead_letters ORDER BY rowid")
-    assert got == [("c1", 1, "bad line 1", 2), ("c1", 2, "bad line 2", 1024), ("c2", 1, "bad line 1", 4)]
+    assert got == SOCKET_LETTERS
 
 
 async def test_default_dead_letter_item_is_cut_to_1_kib(tmp_path: Path) -> None:

@@ -9,14 +9,20 @@ per-session temporary staging table, then ``INSERT ... SELECT DISTINCT ON (key) 
 CONFLICT (key) DO UPDATE`` (the last row of a key in a batch wins, as with row-by-row
 upserts). The batch is emitted only after ``COMMIT`` returned.
 
-Exactly once across a lost connection. Each transaction first asks for its transaction id
-(``pg_current_xact_id()``) and the worker keeps it. When the connection breaks (server
-killed, restarted, network gone), the worker reconnects with backoff, then asks the
-server what became of that transaction (``pg_xact_status``, made for this question):
-``committed`` - the batch is in, it is not written again (the COMMIT's reply was what got
-lost); ``aborted``, or an id the restarted server never saw - it is written again in a
-fresh transaction; ``in progress`` - the old session is still finishing, so the worker
-waits and asks again. So neither a COPY append nor an upsert loses or duplicates a batch.
+Exactly once across a lost connection. The hard case is a COMMIT whose reply is lost with
+the connection: the batch may or may not be in. Asking the server afterwards by
+transaction id (``pg_xact_status``) is not enough: after a crash the restarted server can
+hand the same id to another transaction, and a lost batch would pass for committed (the
+SIGKILL test caught this). So each batch carries a token (a UUID) that its transaction
+inserts first into a small commit log table (``trioflow_commits``, primary key on the
+token). After a lost connection, the worker reconnects with backoff and writes the batch
+again in a fresh transaction with the same token: if the first transaction committed,
+the token insert fails with a unique violation, the new transaction is rolled back and the
+batch counts as written; if the first one is still finishing on the server (its session
+not yet gone), the insert waits for it on the unique index, then knows. Each worker keeps
+one row there: a transaction deletes its worker's previous token. With ``commit_log=None``
+a lost COMMIT reply makes the batch be written again (an upsert stays exact; an append
+may then duplicate that batch).
 
 Cancellation. A thread call is abandoned when Trio cancels it, and the statement it runs
 is cancelled on the server (``conn.cancel_safe()``); the worker then waits (shielded,
@@ -30,6 +36,7 @@ import contextlib
 import math
 import random
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, TypeVar, final
@@ -83,19 +90,22 @@ def _lost(psycopg: ModuleType, conn: Any, exc: BaseException) -> bool:
 
 
 @final
-class _InDoubt(Exception):
-    """The lost transaction is still in progress on the server: ask again later."""
-
-
-@final
 class _PgConnection:
     """One connection and the sync work done on it (each method runs in a thread)."""
 
-    def __init__(self, psycopg: ModuleType, conninfo: str, table: Table, connect_timeout: float) -> None:
+    def __init__(self, psycopg: ModuleType, conninfo: str, table: Table, connect_timeout: float,
+                 commit_log: str | None) -> None:
         self.psycopg = psycopg
         self.conninfo = conninfo
         self.table = table
         self.connect_timeout = connect_timeout
+        self.commit_log = commit_log
+        if commit_log is not None:
+            log = quote(commit_log)
+            self.log_create_sql = (f"CREATE TABLE IF NOT EXISTS {log} (token uuid PRIMARY KEY, "
+                                   f"at timestamptz NOT NULL DEFAULT now())")
+            self.log_insert_sql = f"INSERT INTO {log} (token) VALUES (%s)"
+            self.log_delete_sql = f"DELETE FROM {log} WHERE token = %s"
         self.convert = table.row_converter()
         t = table
         self.copy_sql = f"COPY {t.qname} ({t.column_list}) FROM STDIN"
@@ -114,20 +124,24 @@ class _PgConnection:
 
     def connect(self, abandoned: threading.Event) -> Any:
         conn = self.psycopg.connect(self.conninfo, autocommit=False, connect_timeout=self.connect_timeout)
-        try:
-            self._setup(conn)
-        except BaseException:
-            conn.close()
-            raise
         if abandoned.is_set():  # Trio gave up on this call: nobody will use or close it
             conn.close()
         return conn
 
-    def _setup(self, conn: Any) -> None:
+    def setup(self, conn: Any) -> None:
+        """Create or check the table, and the staging table of an upsert (which waits for
+        a lock on the table: run through ``_call``, so that it can be cancelled)."""
         t = self.table
         with conn.cursor() as cur:
+            # workers starting together would race in CREATE TABLE IF NOT EXISTS (a unique
+            # violation in the catalog): one at a time
+            lock = "SELECT pg_advisory_xact_lock(hashtext(%s))"
             if t.create:
+                cur.execute(lock, (f"trioflow create {t.name}",))
                 cur.execute(t.create_sql())
+            if self.commit_log is not None:
+                cur.execute(lock, (f"trioflow create {self.commit_log}",))
+                cur.execute(self.log_create_sql)
             cur.execute(
                 "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
                 "AND a.attnum > 0 AND NOT a.attisdropped", (quote(t.name),))
@@ -142,13 +156,20 @@ class _PgConnection:
                 cur.execute(self.staging_sql)
         conn.commit()
 
-    def write(self, conn: Any, batch: Sequence[Row], xid: list[str]) -> None:
-        """One batch, one transaction; its transaction id is put in ``xid`` before COMMIT."""
+    def write(self, conn: Any, batch: Sequence[Row], token: str | None, previous: str | None) -> bool:
+        """One batch, one transaction. False: the batch's token is in the commit log, so an
+        earlier transaction of this batch committed (nothing was written now)."""
         params = self.convert(batch)
         try:
             with conn.cursor() as cur:
-                row = cur.execute("SELECT pg_current_xact_id()::text").fetchone()
-                xid.append(row[0])
+                if token is not None:
+                    try:
+                        cur.execute(self.log_insert_sql, (token,))
+                    except self.psycopg.errors.UniqueViolation:
+                        conn.rollback()
+                        return False
+                    if previous is not None:
+                        cur.execute(self.log_delete_sql, (previous,))
                 with cur.copy(self.copy_sql) as copy:
                     if self.table.key:
                         for i, r in enumerate(params):
@@ -163,21 +184,7 @@ class _PgConnection:
             if not (conn.closed or conn.broken):
                 conn.rollback()
             raise
-
-    def status(self, conn: Any, xid: str) -> str | None:
-        """What became of transaction ``xid``: 'committed', 'aborted', 'in progress', or None
-        when the server never logged it (it crashed before the transaction wrote anything)."""
-        try:
-            with conn.cursor() as cur:
-                row = cur.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
-            return None if row is None else row[0]
-        except self.psycopg.errors.InvalidParameterValue:
-            # "transaction ID ... is in the future": the restarted server's log ends before
-            # this transaction wrote anything, so it cannot have committed
-            return None
-        finally:
-            if not (conn.closed or conn.broken):
-                conn.rollback()
+        return True
 
 
 @final
@@ -195,14 +202,23 @@ class PostgresWorker:
         self.rows = 0
         #: connections this worker opened again after losing one
         self.reconnects = 0
+        #: the commit-log token of this worker's last committed batch (deleted by the next)
+        self._previous: str | None = None
 
     async def connect(self) -> None:
         abandoned = threading.Event()
         try:
+            # only the network connect runs abandoned on cancellation (bounded by
+            # connect_timeout); every statement runs through _call
             self._conn = await trio.to_thread.run_sync(
                 self._c.connect, abandoned, limiter=self._limiter, abandon_on_cancel=True)
         except trio.Cancelled:
             abandoned.set()  # the thread closes the connection it may still open
+            raise
+        try:
+            await self._call(self._c.setup)
+        except BaseException:
+            await self._drop()
             raise
 
     async def _call(self, fn: Callable[..., R], *args: Any) -> R:
@@ -247,27 +263,17 @@ class PostgresWorker:
         psycopg = self._c.psycopg
         started = trio.current_time()
         attempt = 0
-        pending: str | None = None  # the id of a transaction lost with its connection
+        token = None if self._c.commit_log is None else str(uuid.uuid4())
         while True:
-            xid: list[str] = []
             try:
                 if self._conn is None:
                     await self.connect()
                     self.reconnects += 1
-                if pending is not None:
-                    status = await self._call(self._c.status, pending)
-                    if status == "committed":
-                        break
-                    if status == "in progress":
-                        raise _InDoubt(pending)  # noqa: TRY301 (handled below, as a lost connection)
-                    pending = None
-                await self._call(self._c.write, batch, xid)
+                await self._call(self._c.write, batch, token, self._previous)
                 break
-            except (psycopg.OperationalError, _InDoubt) as exc:
-                if not (isinstance(exc, _InDoubt) or _lost(psycopg, self._conn, exc)):
+            except psycopg.OperationalError as exc:
+                if not _lost(psycopg, self._conn, exc):
                     raise
-                if xid:
-                    pending = xid[0]
                 await self._drop()
                 attempt += 1
                 delay = self._backoff.delay(attempt, _rng)
@@ -275,6 +281,7 @@ class PostgresWorker:
                         and trio.current_time() + delay - started > self._give_up_after):
                     raise
                 await trio.sleep(delay)
+        self._previous = token
         self.rows += len(batch)
 
     async def _drop(self) -> None:
@@ -305,9 +312,14 @@ def _check_number(op: str, what: str, value: object, *, none: bool = False) -> N
                                    f"got {value!r}")
 
 
+def _check_commit_log(op: str, commit_log: object) -> None:
+    if commit_log is not None and (not isinstance(commit_log, str) or not commit_log):
+        raise DefinitionValueError(f"commit_log of {op} must be a table name or None, got {commit_log!r}")
+
+
 def open_postgres_worker(
     psycopg: ModuleType, conninfo: str, table: Table, *, backoff: Backoff, give_up_after: float | None,
-    connect_timeout: float, limiter: trio.CapacityLimiter | None = None,
+    connect_timeout: float, commit_log: str | None, limiter: trio.CapacityLimiter | None = None,
 ) -> contextlib.AbstractAsyncContextManager[PostgresWorker]:
     """A worker connected (table checked or created) on enter, its connection closed on exit.
     The first connection is not retried: a run whose database is unreachable fails to start."""
@@ -315,7 +327,7 @@ def open_postgres_worker(
     @contextlib.asynccontextmanager
     async def cm() -> AsyncIterator[PostgresWorker]:
         lim = limiter if limiter is not None else trio.CapacityLimiter(1)
-        w = PostgresWorker(_PgConnection(psycopg, conninfo, table, connect_timeout), lim, backoff,
+        w = PostgresWorker(_PgConnection(psycopg, conninfo, table, connect_timeout, commit_log), lim, backoff,
                            give_up_after)
         await w.connect()
         try:
@@ -338,6 +350,7 @@ def write_postgres(
     give_up_after: float | None = 60.0,
     connect_timeout: float = 10.0,
     application_name: str = "trioflow",
+    commit_log: str | None = "trioflow_commits",
     name: str | None = None,
     on_error: OnError = FAIL,
     retry: Retry | None = None,
@@ -354,9 +367,12 @@ def write_postgres(
 
     A lost connection (server restarted or killed, network cut) is opened again with
     ``reconnect`` backoff; the batch in hand is then written again in a fresh transaction
-    unless the server says its first transaction committed, so each batch is committed
-    exactly once. After ``give_up_after`` seconds of failing on one batch (None: never) the
-    last error is raised. The first connection, when the run starts, is not retried.
+    unless its first transaction committed (the reply lost with the connection), which the
+    ``commit_log`` table tells (a token per batch, one row per worker, created when
+    missing), so each batch is committed exactly once; ``commit_log=None``: no log, and
+    such a batch is written again (exact for an upsert, a duplicate for an append). After
+    ``give_up_after`` seconds of failing on one batch (None: never) the last error is
+    raised. The first connection, when the run starts, is not retried.
 
     * emits: each batch, unchanged, once its transaction committed (in input order);
     * backpressure: takes the next batch when a worker is free; waits while reconnecting;
@@ -371,6 +387,7 @@ def write_postgres(
     psycopg = import_psycopg(op)
     conninfo = _conninfo(psycopg, op, url, application_name)
     spec = Table.build(op, table, columns, key, create)
+    _check_commit_log(op, commit_log)
     check_workers(op, workers)
     if not isinstance(reconnect, Backoff):
         raise DefinitionTypeError(f"reconnect of {op} must be a Backoff, got {reconnect!r}")
@@ -378,7 +395,7 @@ def write_postgres(
     _check_number(op, "connect_timeout", connect_timeout)
     return writer_stage(op, workers, name, on_error, retry, lambda limiter: open_postgres_worker(
         psycopg, conninfo, spec, backoff=reconnect, give_up_after=give_up_after,
-        connect_timeout=connect_timeout, limiter=limiter))
+        connect_timeout=connect_timeout, commit_log=commit_log, limiter=limiter))
 
 
 def open_postgres_dead_letters(
@@ -391,6 +408,7 @@ def open_postgres_dead_letters(
     reconnect: Backoff = RECONNECT,
     give_up_after: float | None = 60.0,
     application_name: str = "trioflow",
+    commit_log: str | None = "trioflow_commits",
 ) -> contextlib.AbstractAsyncContextManager[trio.MemorySendChannel[DeadLetterEntry]]:
     """A dead-letter table in PostgreSQL, as ``open_sqlite_dead_letters`` is in SQLite: the
     block gives a channel for ``tf.DeadLetter(...)``; a task appends what it receives to
@@ -401,7 +419,8 @@ def open_postgres_dead_letters(
     check_dead_letter_args(op, buffer, row)
     _check_number(op, "give_up_after", give_up_after, none=True)
     spec = Table.build(op, table, columns, None, True)
+    _check_commit_log(op, commit_log)
     return serve_dead_letters(
         open_postgres_worker(psycopg, conninfo, spec, backoff=reconnect, give_up_after=give_up_after,
-                             connect_timeout=10.0),
+                             connect_timeout=10.0, commit_log=commit_log),
         row or dead_letter_row, buffer)
