@@ -280,3 +280,12 @@ def test_missing_psycopg_names_the_extra() -> None:
             "except ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'trioflow[postgres]'" in out.stdout
+
+
+def test_trioflow_io_exports_each_public_name_once_with_a_docstring() -> None:
+    assert len(tfio.__all__) == len(set(tfio.__all__))
+    for name in tfio.__all__:
+        obj = getattr(tfio, name)
+        assert (obj.__doc__ or "").strip(), name
+        if callable(obj) and name.startswith(("write_", "open_")):
+            assert "cancel" in obj.__doc__.lower(), f"{name} says what cancellation does"

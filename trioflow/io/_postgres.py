@@ -412,7 +412,11 @@ def open_postgres_dead_letters(
 ) -> contextlib.AbstractAsyncContextManager[trio.MemorySendChannel[DeadLetterEntry]]:
     """A dead-letter table in PostgreSQL, as ``open_sqlite_dead_letters`` is in SQLite: the
     block gives a channel for ``tf.DeadLetter(...)``; a task appends what it receives to
-    ``table`` (created when missing), reconnecting like ``write_postgres``."""
+    ``table`` (created when missing), reconnecting like ``write_postgres``.
+
+    On leaving the block normally, the entries still queued are written first.
+    Cancellation, or an error leaving the block, cancels the writer (its running statement
+    is cancelled on the server): entries not yet committed are lost."""
     op = "open_postgres_dead_letters"
     psycopg = import_psycopg(op)
     conninfo = _conninfo(psycopg, op, url, application_name)
