@@ -46,7 +46,7 @@ import trio
 from .._errors import DefinitionTypeError, DefinitionValueError
 from .._policies import FAIL, Backoff, DeadLetterEntry, OnError, Retry
 from .._stage import Stage
-from ._table import Row, Table, quote
+from ._table import R, Row, Table, quote
 from ._writer import (
     DEAD_LETTER_COLUMNS,
     TableError,
@@ -58,7 +58,7 @@ from ._writer import (
     writer_stage,
 )
 
-R = TypeVar("R")
+T = TypeVar("T")
 
 #: how long a cancelled call waits (shielded) for the server to cancel its statement
 CANCEL_WAIT = 10.0
@@ -221,12 +221,12 @@ class PostgresWorker:
             await self._drop()
             raise
 
-    async def _call(self, fn: Callable[..., R], *args: Any) -> R:
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         conn = self._conn
         finished = trio.Event()
         token = trio.lowlevel.current_trio_token()
 
-        def run() -> R:
+        def run() -> T:
             try:
                 return fn(conn, *args)
             finally:
@@ -354,7 +354,7 @@ def write_postgres(
     name: str | None = None,
     on_error: OnError = FAIL,
     retry: Retry | None = None,
-) -> Stage[list[Row], list[Row]]:
+) -> Stage[list[R], list[R]]:
     """A stage that writes each batch of rows to a PostgreSQL table in one transaction, then
     emits the batch. Needs ``pip install 'trioflow[postgres]'`` (psycopg 3).
 

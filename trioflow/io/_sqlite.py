@@ -34,7 +34,7 @@ import trio.lowlevel
 from .._errors import DefinitionTypeError, DefinitionValueError
 from .._policies import FAIL, DeadLetterEntry, OnError, Retry
 from .._stage import Stage
-from ._table import Row, Table, quote
+from ._table import R, Row, Table, quote
 from ._writer import (
     DEAD_LETTER_COLUMNS,
     TableError,
@@ -234,7 +234,7 @@ def write_sqlite(
     name: str | None = None,
     on_error: OnError = FAIL,
     retry: Retry | None = None,
-) -> Stage[list[Row], list[Row]]:
+) -> Stage[list[R], list[R]]:
     """A stage that writes each batch of rows to a SQLite table in one transaction, then
     emits the batch.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias, final
+from typing import Any, TypeAlias, TypeVar, final
 
 import attrs
 
@@ -18,6 +18,8 @@ from .._errors import DefinitionTypeError, DefinitionValueError
 
 #: A row: a mapping from column name to value, or a sequence in column order.
 Row: TypeAlias = Mapping[str, object] | Sequence[object]
+#: the row type of one writer's batches (a writer emits what it takes)
+R = TypeVar("R", bound=Row)
 
 
 def quote(name: str) -> str:

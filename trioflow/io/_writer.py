@@ -19,7 +19,7 @@ from .._errors import DefinitionTypeError, DefinitionValueError, TrioflowError
 from .._operators import persistent
 from .._policies import DeadLetterEntry, OnError, Retry
 from .._stage import Stage
-from ._table import Row
+from ._table import R, Row
 
 #: the columns of a dead-letter table unless others are given
 DEAD_LETTER_COLUMNS: Mapping[str, str] = {
@@ -97,7 +97,7 @@ async def _drain(receive: trio.MemoryReceiveChannel[DeadLetterEntry], writer: Ba
 def writer_stage(
     op: str, workers: int, name: str | None, on_error: OnError, retry: Retry | None,
     open_worker: Callable[[trio.CapacityLimiter], contextlib.AbstractAsyncContextManager[BatchWriter]],
-) -> Stage[list[Row], list[Row]]:
+) -> Stage[list[R], list[R]]:
     """The persistent stage of a writer: ``workers`` workers, each with the resource
     ``open_worker(limiter)`` (one limiter for the stage: its own threads), each batch
     written, then emitted."""
@@ -106,7 +106,7 @@ def writer_stage(
     def resource() -> contextlib.AbstractAsyncContextManager[BatchWriter]:
         return open_worker(limiter)
 
-    async def write_batch(worker: BatchWriter, batch: list[Row]) -> list[Row]:
+    async def write_batch(worker: BatchWriter, batch: list[R]) -> list[R]:
         await worker.write(batch)
         return batch
 
