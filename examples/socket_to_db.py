@@ -195,10 +195,10 @@ def report(db: str, tally: Tally) -> None:
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        print("SELECT sensor, count(*), round(avg(value), 2) FROM readings GROUP BY sensor LIMIT 4")
-        for row in conn.execute(
-            "SELECT sensor, count(*), round(avg(value), 2) FROM readings GROUP BY sensor ORDER BY sensor LIMIT 4"
-        ):
+        query = ("SELECT sensor, count(*), round(avg(value), 2) FROM readings "
+                 "GROUP BY sensor ORDER BY sensor LIMIT 4")
+        print(query)
+        for row in conn.execute(query):
             print("  ", row)
         (letters,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
         print(f"dead_letters: {letters:,} rows")

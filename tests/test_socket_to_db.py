@@ -9,6 +9,7 @@ exits 0; a record answered ``ok`` is in ``readings`` even after SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -73,7 +74,9 @@ def good(i: int) -> bytes:
     return json.dumps({"id": i, "sensor": f"s{i % 5}", "value": i / 4}).encode()
 
 
-async def exchange(server: Server, lines: list[bytes], on_reply: Callable[[str], None] | None = None) -> list[str]:
+async def exchange(
+    server: Server, lines: list[bytes], on_reply: Callable[[str], None] | None = None
+) -> list[str]:
     """Send ``lines`` on one connection while reading the replies (a client must read while
     it sends); return the replies once one per line arrived."""
     stream = await trio.open_tcp_stream(server.host, server.port)
@@ -172,11 +175,9 @@ async def crash_rounds(db: str, count: Callable[[], dict[int, Any]], seed: int) 
             if reply.startswith("ok "):
                 acked.add(int(reply.split()[1]))
 
-        async def client(part: list[int]) -> None:
-            try:
+        async def client(part: list[int], server: Server = server) -> None:
+            with contextlib.suppress(trio.BrokenResourceError, OSError):  # killed under it
                 await exchange(server, [good(i) for i in part], on_reply)
-            except (trio.BrokenResourceError, OSError):
-                pass  # the server was killed under it
 
         with trio.move_on_after(rng.uniform(0.2, 1.5)):
             async with trio.open_nursery() as nursery:

@@ -1,8 +1,16 @@
-"""Sources and sinks that talk to the outside world: ``tcp_source`` (a TCP server as a
-push source, ``docs/tcp.md``).
+"""Connectors to the outside world: a TCP server as a push source (``tcp_source``,
+``docs/tcp.md``), database writers (SQLite, PostgreSQL) and dead-letter tables
+(``docs/databases.md``).
 
+    import trioflow as tf
     import trioflow.io as tfio
-    flow = tfio.tcp_source(9000, host="127.0.0.1", decode=json.loads)
+
+    flow = (tfio.tcp_source(9000, host="127.0.0.1", decode=json.loads)
+            | tf.batch(1000, timeout=0.1)
+            | tfio.write_sqlite("app.db", "readings", columns=["id", "value"], key="id"))
+
+Drivers that need a package are imported only when used: PostgreSQL needs
+``pip install 'trioflow[postgres]'``.
 """
 
 from ._framing import FrameError as FrameError
@@ -10,6 +18,11 @@ from ._framing import Framer as Framer
 from ._framing import Framing as Framing
 from ._framing import LengthPrefixed as LengthPrefixed
 from ._framing import Lines as Lines
+from ._postgres import open_postgres_dead_letters as open_postgres_dead_letters
+from ._postgres import write_postgres as write_postgres
+from ._sqlite import open_sqlite_dead_letters as open_sqlite_dead_letters
+from ._sqlite import write_sqlite as write_sqlite
+from ._table import Row as Row
 from ._tcp import ConnectionInfo as ConnectionInfo
 from ._tcp import Received as Received
 from ._tcp import Rejected as Rejected
@@ -17,6 +30,7 @@ from ._tcp import Replies as Replies
 from ._tcp import TcpServer as TcpServer
 from ._tcp import TcpStatistics as TcpStatistics
 from ._tcp import tcp_source as tcp_source
+from ._writer import TableError as TableError
 
 __all__ = [
     "ConnectionInfo",
@@ -28,7 +42,13 @@ __all__ = [
     "Received",
     "Rejected",
     "Replies",
+    "Row",
+    "TableError",
     "TcpServer",
     "TcpStatistics",
+    "open_postgres_dead_letters",
+    "open_sqlite_dead_letters",
     "tcp_source",
+    "write_postgres",
+    "write_sqlite",
 ]
