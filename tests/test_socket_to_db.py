@@ -221,3 +221,31 @@ def test_bad_arguments_are_refused_with_the_argument_named(tmp_path: Path) -> No
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--listen must be HOST:PORT" in done.stderr
 
+
+
+async def test_a_locked_database_delays_ok_and_a_drain_still_commits_and_answers(tmp_path: Path) -> None:
+    """Another writer holds the database's write lock: nothing is answered ok meanwhile; a
+    drain that begins during the wait still commits what was read and answers it."""
+    db = tmp_path / "locked.db"
+    server = await start_server(str(db))
+    locker = sqlite3.connect(db, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")  # the write lock, held by someone else
+        replies: list[str] = []
+        ids = list(range(500))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(exchange, server, [good(i) for i in ids], replies.append)
+            await trio.sleep(1.5)  # the server read the lines; its commit waits for the lock
+            assert not [r for r in replies if r.startswith("ok ")]
+            server.proc.send_signal(signal.SIGINT)  # drain while the commit waits
+            await trio.sleep(0.5)
+            assert not [r for r in replies if r.startswith("ok ")]
+            locker.execute("COMMIT")  # the lock is released: the batch commits
+        with trio.fail_after(60):
+            code = await server.proc.wait()
+    finally:
+        locker.close()
+    assert code == 0
+    assert sorted(int(r.split()[1]) for r in replies) == ids and all(r.startswith("ok ") for r in replies)
+    assert sorted(rows(db)) == ids
