@@ -139,6 +139,9 @@ class Live:
         self.channel_letters: list[tf.DeadLetterEntry] = []
         self.tracker = ResourceTracker()
         self.mismatched: list[tuple[Any, ...]] = []  # zip/fork_join tuples of different items
+        #: the acknowledgements the source got (when the scenario asks for them and can)
+        self.acked: list[tf.Ack] = []
+        self.acks_on = False
         self.channel: trio.MemorySendChannel[tf.DeadLetterEntry] | None = None
 
     def check(self, spec: FaultSpec, x: int) -> None:
@@ -510,6 +513,8 @@ class Scenario:
     buffer: int
     seed: int
     policies: frozenset[str] = field(default_factory=frozenset)
+    #: the source asks for acknowledgements (when every node of the scenario carries them)
+    acks: bool = False
 
     @property
     def block(self) -> Block:
@@ -753,4 +758,5 @@ def scenarios(draw: st.DrawFn, *, shape: str) -> Scenario:
         chunk_size=draw(st.integers(1, 16)), buffer=draw(st.integers(1, 16)),
         seed=draw(st.integers(0, 2**32 - 1)),
         policies=frozenset(f.policy for f in faults),
+        acks=draw(st.booleans()),
     )

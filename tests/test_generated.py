@@ -18,7 +18,11 @@ checks what the docs promise (docs/reliability.md, docs/graphs.md, DESIGN §3):
   quietly; what the sink holds after either is part of the reference;
 * a drain loses nothing a source handed over: the output is the reference of the items
   the source emitted;
-* after every exit no task is left and every ``persistent`` resource is closed.
+* after every exit no task is left and every ``persistent`` resource is closed;
+* when the source asks for acknowledgements (and every node of the scenario carries them):
+  no item is acknowledged twice, and a completed run (not cut off by a take) acknowledges
+  every item the source handed on (tests/test_acks.py checks that an item is acknowledged
+  only after what was made of it was committed).
 
 Time is virtual (``MockClock``, autojump; a deadlock fails at ``virtual.DEADLOCK``).
 
@@ -73,19 +77,33 @@ def trio_random() -> Any:
 
 
 def build(sc: Scenario, live: Live) -> Any:
+    if sc.acks:
+        live.acks_on = True
+        try:
+            runnable = _build(sc, live, live.acked.extend)
+            runnable.plan()
+            return runnable
+        except tf.DefinitionValueError as exc:
+            if "acknowledgements" not in str(exc):
+                raise
+            live.acks_on = False  # a node that does not carry them yet: run without
+    return _build(sc, live, None)
+
+
+def _build(sc: Scenario, live: Live, on_ack: Any) -> Any:
     xs = list(sc.xs)
     src: tf.Flow[int]
     if sc.source == "iterable":
-        src = tf.from_iterable(xs, name="src")
+        src = tf.from_iterable(xs, name="src", on_ack=on_ack)  # each item its own token
     else:
         async def produce(emit: tf.Emit[int]) -> None:
             pos, k = 0, 0
             while pos < len(xs):
                 size = sc.slices[k % len(sc.slices)]
-                await emit.many(xs[pos : pos + size])
+                await emit.many(xs[pos : pos + size], acks=list(range(pos, pos + len(xs[pos : pos + size]))))
                 pos, k = pos + size, k + 1
 
-        src = tf.source(produce, name="src")
+        src = tf.source(produce, name="src", on_ack=on_ack)  # token: the item's position
     sink = tf.sink(live.out.append, name="out")
     if sc.chain is not None:
         flow: Any = src
@@ -186,7 +204,31 @@ def is_sub_multiset(got: list[Any], ref: list[Any]) -> bool:
     return not (Counter(map(repr, got)) - Counter(map(repr, ref)))
 
 
+def emitted_tokens(sc: Scenario, count: int) -> Counter[Any]:
+    """The tokens of the first ``count`` items the source handed on."""
+    xs = list(sc.xs)[:count]
+    return Counter(xs) if sc.source == "iterable" else Counter(range(len(xs)))
+
+
+def check_acks(sc: Scenario, live: Live, o: Outcome, completed: bool) -> None:
+    """Every token is acknowledged at most once per item it stands for; a completed run
+    (nothing cut off by a take) acknowledges every item the source handed on."""
+    if not live.acks_on:
+        return
+    acked = Counter(a.token for a in live.acked)
+    everything = emitted_tokens(sc, len(sc.xs))
+    assert not (acked - everything), f"acknowledged more than once: {dict(acked - everything)}"
+    event(f"acks: {'all' if completed else 'some'}")
+    if completed and not sc.stops_early:
+        assert o.handle is not None
+        handed = o.handle.statistics().stage("src").items_out
+        assert acked == emitted_tokens(sc, handed), (
+            f"a completed run left items unacknowledged: {dict(emitted_tokens(sc, handed) - acked)}")
+
+
 def check(sc: Scenario, live: Live, o: Outcome) -> None:
+    completed = o.exc is None and o.handle is not None and o.handle.state is tf.RunState.COMPLETED
+    check_acks(sc, live, o, completed)
     fatal = [exc for spec, exc in live.raised if spec.policy == "fail" and escaped(spec, exc)]
     collected = [exc for spec, exc in live.raised if spec.policy == "collect" and escaped(spec, exc)]
     h = o.handle
