@@ -45,9 +45,10 @@ ops = st.one_of(
 )
 
 
-def reference(chain: list[Op], x: int) -> list[int]:
-    """The outputs of one source item (failed items of Skip/DeadLetter stages vanish)."""
-    values = [x]
+def trace(chain: list[Op], x: int) -> tuple[list[int], bool]:
+    """The outputs of one source item (failed items of Skip/DeadLetter stages vanish), and
+    whether some part of it met such a failure."""
+    values, failed = [x], False
     for op in chain:
         if op.kind == "map":
             values = [v * op.arg + 1 for v in values]
@@ -56,8 +57,13 @@ def reference(chain: list[Op], x: int) -> list[int]:
         elif op.kind in ("flat", "gen"):
             values = [v for v in values for _ in range(op.arg)]
         elif op.kind in ("skip", "dead"):
+            failed = failed or any(v % 7 == op.arg for v in values)
             values = [v for v in values if v % 7 != op.arg]
-    return values
+    return values, failed
+
+
+def reference(chain: list[Op], x: int) -> list[int]:
+    return trace(chain, x)[0]
 
 
 def stages(chain: list[Op], letters: list[tf.DeadLetterEntry]) -> Iterator[tf.Stage[Any, Any]]:
@@ -217,17 +223,7 @@ def boom_stage(fn: Any) -> tf.Stage[int, int]:
 
 def reference_fails(chain: list[Op], x: int) -> bool:
     """Whether some part of item ``x`` meets a Skip/DeadLetter stage's failure."""
-    values = [x]
-    for op in chain:
-        if op.kind == "map":
-            values = [v * op.arg + 1 for v in values]
-        elif op.kind == "filter":
-            values = [v for v in values if v % op.arg]
-        elif op.kind in ("flat", "gen"):
-            values = [v for v in values for _ in range(op.arg)]
-        elif op.kind in ("skip", "dead") and any(v % 7 == op.arg for v in values):
-            return True
-    return False
+    return trace(chain, x)[1]
 
 
 # -- graphs -----------------------------------------------------------------------------------------
