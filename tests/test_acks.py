@@ -392,3 +392,29 @@ async def test_route_and_balance_deliver_each_item_once_and_acknowledge_it() -> 
     want = [v for v in range(20) if v % 2 == 0] + [-v for v in range(20) if v % 2]
     assert sorted(results[out]) == sorted(want)
     assert sorted(a.token for a in acked) == list(range(20))
+
+
+@pytest.mark.parametrize(
+    "overflow", [tf.Overflow.DROP_OLDEST, tf.Overflow.DROP_NEWEST, tf.Overflow.KEEP_LATEST]
+)
+async def test_items_an_overflow_policy_drops_are_acknowledged_with_item_dropped(
+    overflow: tf.Overflow, autojump_clock: trio.testing.MockClock
+) -> None:
+    acked: list[tf.Ack] = []
+    kept: list[int] = []
+
+    async def slow(v: int) -> None:
+        await trio.sleep(1)
+        kept.append(v)
+
+    async def burst(emit: tf.Emit[int]) -> None:
+        for i in range(0, 40, 4):
+            await emit.many(list(range(i, i + 4)), acks=list(range(i, i + 4)))
+            await trio.sleep(0.5)
+
+    await (tf.source(burst, on_ack=acked.extend)
+           | tf.sink(slow, buffer=4, overflow=overflow)).run(chunk_size=4)
+    assert sorted(a.token for a in acked) == list(range(40))  # each once: kept or dropped
+    dropped = [a for a in acked if not a.ok]
+    assert dropped and all(isinstance(a.error, tf.ItemDropped) for a in dropped)
+    assert sorted(a.token for a in acked if a.ok) == sorted(kept)

@@ -129,6 +129,7 @@ from ._operators import (
 )
 from ._overflow import UNBOUNDED as UNBOUNDED
 from ._overflow import EdgeOverflowError as EdgeOverflowError
+from ._overflow import ItemDropped as ItemDropped
 from ._overflow import Overflow as Overflow
 from ._overflow import Unbounded as Unbounded
 from ._parallel import AllOrNothing as AllOrNothing
@@ -180,6 +181,7 @@ from ._stats import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ItemDropped",
     "Ack",
     "Adaptive",
     "AllOrNothing",

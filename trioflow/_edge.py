@@ -85,6 +85,7 @@ class Edge:
         "dropped",
         "items",
         "name",
+        "on_drop",
         "on_receive_closed",
         "overflow",
         "peak",
@@ -123,6 +124,9 @@ class Edge:
         #: called (synchronously) when the consumer closes: lets an idle producer, one
         #: waiting for its own input rather than in ``put``, learn it is no longer wanted
         self.on_receive_closed: list[Callable[[], None]] = []
+        #: called with the items the overflow policy drops (a run that tracks
+        #: acknowledgements settles them); ``None``: nothing to tell, nothing collected
+        self.on_drop: Callable[[list[Any]], None] | None = None
         #: lots of fan-out routers (``balance``) waiting for room on any of several edges
         self.watchers: list[ParkingLot] = []
         #: the edge is fed on demand (by a ``balance``): its consumer takes no more than it
@@ -175,7 +179,11 @@ class Edge:
         depth = self.items
         limit = self._limit
         overflow = self.overflow
+        on_drop = self.on_drop
+        dropped: list[Any] = []
         if overflow is _KEEP_LATEST:
+            if on_drop is not None:
+                dropped = [x for c in chunks for x in c] + chunk[:-1]
             chunks.clear()
             chunks.append([chunk[-1]])
             new_depth = 1
@@ -186,9 +194,13 @@ class Edge:
             room = limit - depth
             if room > 0:
                 chunks.append(chunk[:room])
+            if on_drop is not None:
+                dropped = chunk[max(room, 0):]
             new_depth = limit
         elif overflow is _DROP_OLDEST:
             if n >= limit:
+                if on_drop is not None:
+                    dropped = [x for c in chunks for x in c] + chunk[: n - limit]
                 chunks.clear()
                 chunks.append(chunk[n - limit :])
             else:
@@ -198,7 +210,11 @@ class Edge:
                     if len(front) <= excess:
                         chunks.popleft()
                         excess -= len(front)
+                        if on_drop is not None:
+                            dropped.extend(front)
                     else:
+                        if on_drop is not None:
+                            dropped.extend(front[:excess])
                         del front[:excess]  # queued chunks belong to the edge
                         excess = 0
                 chunks.append(chunk)
@@ -215,6 +231,8 @@ class Edge:
             self.peak = new_depth
         if self._not_empty:
             self._not_empty.unpark()
+        if dropped:
+            on_drop(dropped)  # type: ignore[misc]  # (set whenever something was collected)
 
     async def receive(self, max_items: int) -> list[Any] | None:
         """Take what is waiting (at least one chunk, up to ``max_items`` items when chunks

@@ -124,3 +124,18 @@ class EdgeOverflowError(TrioflowError):
     def __reduce__(self) -> tuple[Any, ...]:
         # the default would call ``cls(message)``; keep the fields and any notes instead
         return (type(self), (self.edge, self.capacity, self.depth, self.offered), self.__dict__)
+
+
+class ItemDropped(TrioflowError):
+    """Why an item was acknowledged with an error although nothing failed: the overflow
+    policy of an edge (``DROP_OLDEST``, ``DROP_NEWEST``, ``KEEP_LATEST``) dropped it. The
+    attributes ``edge`` and ``overflow`` name the edge and its policy. Never raised: it is
+    the ``error`` of the item's ``Ack``."""
+
+    def __init__(self, edge: str, overflow: Overflow) -> None:
+        self.edge = edge
+        self.overflow = overflow
+        super().__init__(f"dropped by edge {edge!r} (overflow=Overflow.{overflow.name})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.edge, self.overflow), self.__dict__)

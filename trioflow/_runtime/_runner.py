@@ -8,7 +8,9 @@ from typing import Any, final
 
 import trio
 
+from .._acks import settle
 from .._edge import Edge
+from .._overflow import ItemDropped, Overflow
 from .._plan import Plan
 from .._policies import DeadLetterEntry, Guard
 from .._stage import (
@@ -57,6 +59,18 @@ def _sole_cancelled(exc: BaseException) -> trio.Cancelled | None:
         leaf = leaf.exceptions[0]
     assert isinstance(leaf, trio.Cancelled)
     return leaf
+
+
+def _settle_dropped(edge: Edge) -> Callable[[list[Any]], None]:
+    """What a tracked run's dropping edge does with the items its policy dropped: they are
+    done, acknowledged with an ``ItemDropped`` error."""
+    error = ItemDropped(edge.name, edge.overflow)
+
+    def settle_all(items: list[Any]) -> None:
+        for item in items:
+            settle(item, error)
+
+    return settle_all
 
 
 def _interrupt(exc: BaseException) -> KeyboardInterrupt | SystemExit | None:
@@ -137,6 +151,9 @@ class Runner:
         #: one ledger per source that asked for acknowledgements
         self.ledgers: list[Ledger] = []
         if self.tracked:
+            for edge in self.edges:
+                if edge.overflow is not Overflow.BLOCK:
+                    edge.on_drop = _settle_dropped(edge)
             for seg in self.segments:
                 on_ack = getattr(seg.head.node.spec, "on_ack", None) if seg.head.node else None
                 seg.head.tracked = True
