@@ -289,3 +289,26 @@ def test_trioflow_io_exports_each_public_name_once_with_a_docstring() -> None:
         assert (obj.__doc__ or "").strip(), name
         if callable(obj) and name.startswith(("write_", "open_")):
             assert "cancel" in obj.__doc__.lower(), f"{name} says what cancellation does"
+
+
+async def test_an_item_is_acknowledged_only_after_its_dead_letter_row_is_committed(tmp_path: Path) -> None:
+    db = tmp_path / "letters.db"
+    seen_in_table: list[bool] = []
+
+    def on_ack(acks: list[tf.Ack]) -> None:
+        for ack in acks:
+            if not ack.ok:
+                with sqlite3.connect(db) as conn:
+                    items = [r[0] for r in conn.execute("SELECT item FROM dead_letters")]
+                seen_in_table.append(repr(ack.token) in items)
+
+    def parse(v: int) -> int:
+        if v % 5 == 0:
+            raise ValueError(v)
+        return v
+
+    async with tfio.open_sqlite_dead_letters(db) as letters:
+        out = await (tf.from_iterable(range(50), on_ack=on_ack)
+                     | tf.map(parse, on_error=tf.DeadLetter(letters)) | tf.to_list()).run()
+    assert out == [v for v in range(50) if v % 5]
+    assert seen_in_table == [True] * 10  # every rejected item's row was there when it was acked

@@ -5,7 +5,7 @@
   once per stage (logger ``"trioflow"``), with the stage and the item.
 * ``DeadLetter(target)``: the item goes to a dead-letter target as a ``DeadLetterEntry``
   (item, exception, formatted traceback, stage, attempt number, wall-clock time); the
-  target is a ``list`` (appended), a Trio ``MemorySendChannel`` (sent, with backpressure),
+  target is a ``list`` (appended), a Trio ``SendChannel`` (sent and awaited: backpressure),
   a plain function (called), or a path (one JSON line per entry).
 * ``Collect()``: the failure is recorded for the run's report (``handle.failures()``) and
   the stage goes on; when the run has completed, ``run`` raises one ``ExceptionGroup`` of
@@ -76,13 +76,13 @@ class Collect(OnError):
 
 
 def _check_target(instance: Any, attribute: Any, value: object) -> None:
-    if isinstance(value, list | trio.MemorySendChannel | str | os.PathLike):
+    if isinstance(value, list | trio.abc.SendChannel | str | os.PathLike):
         return
     if callable(value):
         check_call(value, "DeadLetter", "target(entry)")
         return
     raise DefinitionTypeError(
-        f"target of DeadLetter must be a list, a trio MemorySendChannel, a function or a path, "
+        f"target of DeadLetter must be a list, a trio SendChannel, a function or a path, "
         f"got {value!r}"
     )
 
@@ -97,7 +97,7 @@ class DeadLetter(OnError):
     @property
     def needs_task(self) -> bool:
         """A channel target is sent to with ``await``: the stage cannot be fused."""
-        return isinstance(self.target, trio.MemorySendChannel)
+        return isinstance(self.target, trio.abc.SendChannel)
 
 
 @final

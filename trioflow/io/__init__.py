@@ -30,10 +30,12 @@ from ._tcp import Replies as Replies
 from ._tcp import TcpServer as TcpServer
 from ._tcp import TcpStatistics as TcpStatistics
 from ._tcp import tcp_source as tcp_source
+from ._writer import DeadLetterTable as DeadLetterTable
 from ._writer import TableError as TableError
 
 __all__ = [
     "ConnectionInfo",
+    "DeadLetterTable",
     "FrameError",
     "Framer",
     "Framing",

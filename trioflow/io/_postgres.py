@@ -49,6 +49,7 @@ from .._stage import Stage
 from ._table import R, Row, Table, quote
 from ._writer import (
     DEAD_LETTER_COLUMNS,
+    DeadLetterTable,
     TableError,
     check_batch,
     check_dead_letter_args,
@@ -409,7 +410,7 @@ def open_postgres_dead_letters(
     give_up_after: float | None = 60.0,
     application_name: str = "trioflow",
     commit_log: str | None = "trioflow_commits",
-) -> contextlib.AbstractAsyncContextManager[trio.MemorySendChannel[DeadLetterEntry]]:
+) -> contextlib.AbstractAsyncContextManager[DeadLetterTable]:
     """A dead-letter table in PostgreSQL, as ``open_sqlite_dead_letters`` is in SQLite: the
     block gives a channel for ``tf.DeadLetter(...)``; a task appends what it receives to
     ``table`` (created when missing), reconnecting like ``write_postgres``.

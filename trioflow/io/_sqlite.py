@@ -37,6 +37,7 @@ from .._stage import Stage
 from ._table import R, Row, Table, quote
 from ._writer import (
     DEAD_LETTER_COLUMNS,
+    DeadLetterTable,
     TableError,
     check_batch,
     check_dead_letter_args,
@@ -278,7 +279,7 @@ def open_sqlite_dead_letters(
     columns: Mapping[str, str] = DEAD_LETTER_COLUMNS,
     row: Callable[[DeadLetterEntry], Row] | None = None,
     buffer: int = 0,
-) -> contextlib.AbstractAsyncContextManager[trio.MemorySendChannel[DeadLetterEntry]]:
+) -> contextlib.AbstractAsyncContextManager[DeadLetterTable]:
     """A dead-letter table: ``async with open_sqlite_dead_letters(path) as letters:`` gives a
     channel to pass as ``tf.DeadLetter(letters)``; a task writes what it receives to
     ``table`` (created when missing), in one transaction per group of entries waiting.
@@ -290,8 +291,9 @@ def open_sqlite_dead_letters(
 
     On leaving the block normally, the entries still queued are written before it exits
     (the run must be over by then). Cancellation, or an error leaving the block, cancels
-    the writer: entries not yet committed are lost. ``buffer``: entries the channel holds
-    before ``DeadLetter`` waits (0: each send waits for the writer to take it).
+    the writer: entries not yet committed are lost. ``send`` returns once the entry's row
+    is committed, so ``DeadLetter`` counts an item (and its acknowledgement settles) only
+    then. ``buffer``: entries queued for the writer beyond the one it is writing.
     """
     op = "open_sqlite_dead_letters"
     path_s = _check_path(op, path)

@@ -3,13 +3,17 @@ turns a dead-letter channel into table rows.
 
 Dead letters reach a table through a Trio channel: ``DeadLetter(target)`` calls a plain
 function synchronously on the Trio thread, where a database write would block the run;
-a ``MemorySendChannel`` target is awaited (backpressure) and drained here by one task
-that writes what is waiting in one transaction per batch.
+a ``SendChannel`` target is awaited. The channel given here (``DeadLetterTable``) hands
+each entry to one task that writes what is waiting in one transaction per batch, and its
+``send`` returns only once the entry's row is committed: so an item counts as
+dead-lettered (and is acknowledged, and a client is answered ``err``) only after its
+letter is in the table.
 """
 
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -68,21 +72,47 @@ class BatchWriter(Protocol):
     async def write(self, batch: Sequence[Row]) -> None: ...
 
 
+@typing.final
+class DeadLetterTable(trio.abc.SendChannel[DeadLetterEntry]):
+    """The target of ``tf.DeadLetter`` for a dead-letter table: ``await send(entry)``
+    returns once the entry's row is committed (several senders' entries share a
+    transaction). Given by ``open_sqlite_dead_letters``/``open_postgres_dead_letters``;
+    not built by users. Cancelled while waiting: the row may still be written."""
+
+    def __init__(self, send: trio.MemorySendChannel[tuple[DeadLetterEntry, trio.Event]]) -> None:
+        self._send = send
+
+    async def send(self, value: DeadLetterEntry) -> None:
+        committed = trio.Event()
+        await self._send.send((value, committed))
+        await committed.wait()
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def aclose(self) -> None:
+        self._send.close()
+        await trio.lowlevel.checkpoint()
+
+
 @contextlib.asynccontextmanager
 async def serve_dead_letters(
     writer: contextlib.AbstractAsyncContextManager[BatchWriter],
     row: Callable[[DeadLetterEntry], Row],
     buffer: int,
-) -> AsyncIterator[trio.MemorySendChannel[DeadLetterEntry]]:
-    send, receive = trio.open_memory_channel[DeadLetterEntry](buffer)
+) -> AsyncIterator[DeadLetterTable]:
+    send, receive = trio.open_memory_channel[tuple[DeadLetterEntry, trio.Event]](buffer)
     async with writer as w, trio.open_nursery() as nursery:
         nursery.start_soon(_drain, receive, w, row)
-        with send:  # closed on every exit: the drain task then writes what is left and ends
-            yield send
+        table = DeadLetterTable(send)
+        try:
+            yield table
+        finally:
+            table.close()  # on every exit: the drain task then writes what is left and ends
 
 
-async def _drain(receive: trio.MemoryReceiveChannel[DeadLetterEntry], writer: BatchWriter,
-                 row: Callable[[DeadLetterEntry], Row]) -> None:
+async def _drain(receive: trio.MemoryReceiveChannel[tuple[DeadLetterEntry, trio.Event]],
+                 writer: BatchWriter, row: Callable[[DeadLetterEntry], Row]) -> None:
     with receive:
         async for first in receive:
             entries = [first]
@@ -91,7 +121,9 @@ async def _drain(receive: trio.MemoryReceiveChannel[DeadLetterEntry], writer: Ba
                     entries.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            await writer.write([row(e) for e in entries])
+            await writer.write([row(e) for e, _ in entries])
+            for _, committed in entries:
+                committed.set()
 
 
 def writer_stage(
