@@ -40,7 +40,7 @@ from .._acks import Ack
 from .._errors import DefinitionTypeError, DefinitionValueError, TrioflowError
 from .._flow import Flow
 from .._operators import source
-from .._policies import FAIL, DeadLetter, Guard, OnError, Restart, Retry, Skip
+from .._policies import FAIL, DeadLetter, Guard, OnError, Retry, Skip
 from .._runtime import Emit
 from .._stage import Stage
 from ._writer import writer_stage
@@ -138,13 +138,13 @@ class RedisConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def _read_new(self) -> list[tuple[str, dict[str, str]]]:
+    def _read_new(self) -> list[_Raw]:
         spec = self.spec
         reply = self._client.xreadgroup(spec.group, spec.consumer, {spec.stream: ">"},
                                         count=spec.count, block=spec.block_ms)
         return reply[0][1] if reply else []
 
-    def _read_own(self, after: str) -> tuple[list[tuple[str, dict[str, str]]], dict[str, int]]:
+    def _read_own(self, after: str) -> tuple[list[_Raw], dict[str, int]]:
         """Own pending entries after ``after``, with their delivery counts."""
         spec = self.spec
         reply = self._client.xreadgroup(spec.group, spec.consumer, {spec.stream: after}, count=spec.count)
@@ -159,13 +159,17 @@ class RedisConsumer:
         entries = reply[1]
         return reply[0], entries, self._counts(entries, spec.consumer)
 
-    def _counts(self, entries: Sequence[tuple[str | None, object]], consumer: str) -> dict[str, int]:
+    def _counts(self, entries: Sequence[_Raw], consumer: str) -> dict[str, int]:
+        """Delivery counts of re-read or claimed entries: one XPENDING per id, pipelined (a
+        range of ids could also hold other entries of this consumer)."""
         ids = [e[0] for e in entries if e[0] is not None]
         if not ids:
             return {}
-        rows = self._client.xpending_range(self.spec.stream, self.spec.group, ids[0], ids[-1],
-                                           len(ids), consumername=consumer)
-        return {r["message_id"]: int(r["times_delivered"]) for r in rows}
+        pipe = self._client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xpending_range(self.spec.stream, self.spec.group, entry_id, entry_id, 1,
+                                consumername=consumer)
+        return {r["message_id"]: int(r["times_delivered"]) for rows in pipe.execute() for r in rows}
 
     def _xack(self, ids: Sequence[str]) -> None:
         spec = self.spec
@@ -184,11 +188,9 @@ class RedisConsumer:
         self._acked += len(ids)
         self.held.difference_update(ids)
 
-    async def _hand_on(self, emit: Emit[StreamEntry], raw: Sequence[tuple[str | None, Any]],
-                       counts: dict[str, int], guard: Guard, kind: str) -> None:
-        """Emit ``raw`` entries (skipping those held, acknowledging deleted ones and poison
-        entries after their letter), counted as ``kind`` (``read``, ``reread``, ``claimed``)
-        before they are emitted: the counters say what the source holds."""
+    async def _prepare(self, raw: Sequence[_Raw], counts: dict[str, int], guard: Guard) -> list[StreamEntry]:
+        """The entries of ``raw`` to hand on: not those this run holds already; deleted ones
+        and poison ones (after their letter is written) are acknowledged instead."""
         spec = self.spec
         entries: list[StreamEntry] = []
         done: list[str] = []
@@ -210,11 +212,13 @@ class RedisConsumer:
                 done.append(entry_id)
                 continue
             entries.append(entry)
-        setattr(self, "_" + kind, getattr(self, "_" + kind) + len(entries))
         if done:
             await self.ack(done)
+        self.held.update(e.id for e in entries)
+        return entries
+
+    async def _emit(self, emit: Emit[StreamEntry], entries: list[StreamEntry]) -> None:
         if entries:
-            self.held.update(e.id for e in entries)
             await emit.many(entries, acks=[(self, e.id) for e in entries])
 
     async def run(self, emit: Emit[StreamEntry], task_status: trio.TaskStatus[None]) -> None:
@@ -232,14 +236,17 @@ class RedisConsumer:
                 if not raw:
                     break
                 after = raw[-1][0]
-                await self._hand_on(emit, raw, counts, guard, "reread")
+                entries = await self._prepare(raw, counts, guard)
+                self._reread += len(entries)  # counted before the emit: what the source holds
+                await self._emit(emit, entries)
             async with trio.open_nursery() as nursery:
                 if spec.claim_min_idle is not None:
                     nursery.start_soon(self._claim_loop, emit, guard)
                 # a drain lets the read in hand finish (at most one BLOCK), hands it on, stops
                 while not emit.draining:
-                    raw = await self._call(self._read_new)
-                    await self._hand_on(emit, raw, {}, guard, "read")
+                    entries = await self._prepare(await self._call(self._read_new), {}, guard)
+                    self._read += len(entries)
+                    await self._emit(emit, entries)
                 # the claim loop returns on its own: it sees the drain between sweeps
         finally:
             self.closed = True
@@ -256,7 +263,9 @@ class RedisConsumer:
                 return
             while True:  # one sweep of the pending list
                 start, raw, counts = await self._call(self._claim, start)
-                await self._hand_on(emit, raw, counts, guard, "claimed")
+                entries = await self._prepare(raw, counts, guard)
+                self._claimed += len(entries)
+                await self._emit(emit, entries)
                 if start == "0-0" or emit.draining:
                     break
 
@@ -324,7 +333,6 @@ def redis_source(
     claim_min_idle: float | None = 60.0,
     max_deliveries: int | None = None,
     dead_letters: DeadLetter | Skip = _SKIP,
-    restart: Restart | None = None,
     on_start: Callable[[RedisConsumer], object] | None = None,
     name: str | None = None,
 ) -> Flow[StreamEntry]:
@@ -354,9 +362,9 @@ def redis_source(
     * cancelled: by the run: a command in progress finishes first (at most one BLOCK); the
       entries of a read the cancellation overtook stay pending and are re-read by the next
       run under the same consumer name (or claimed by another consumer);
-    * on error: a lost connection or a Redis error fails the run (``restart=Restart(...)``
-      reconnects and re-reads the pending entries); an error from a dead-letter target or
-      from downstream fails the run; a failed run acknowledges nothing it did not finish.
+    * on error: a lost connection or a Redis error fails the run, as does an error from a
+      dead-letter target or from downstream; a failed run acknowledges nothing it did not
+      finish, and its entries are re-read when the consumer starts again.
     """
     op = "redis_source"
     import_redis(op)  # a missing extra fails here, not when the run starts
@@ -383,7 +391,7 @@ def redis_source(
         claim_min_idle=claim_min_idle, max_deliveries=max_deliveries, dead_letters=dead_letters,
         on_start=on_start, name=name,
     )
-    return source(spec.serve, name=name or op, restart=restart, on_ack=_settle)
+    return source(spec.serve, name=name or op, on_ack=_settle)
 
 
 # ------------------------------------------------------------------------------- the writer
