@@ -368,6 +368,10 @@ def _connected(client: redis.Redis) -> int:
     return int(client.info("clients")["connected_clients"])
 
 
+def _blocked_reader(client: redis.Redis) -> bool:
+    return any(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in client.client_list())
+
+
 async def test_cancel_a_blocked_read_200_times_then_read(server: RedisServer, client: redis.Redis) -> None:
     stream = fresh()
     baseline = _connected(client)
@@ -378,7 +382,8 @@ async def test_cancel_a_blocked_read_200_times_then_read(server: RedisServer, cl
     for _ in range(200):
         async with trio.open_nursery() as nursery:
             handle = await nursery.start(flow.run)
-            await trio.sleep(rng.uniform(0, 0.03))
+            await wait_for(lambda: _blocked_reader(client))     # the server holds its read
+            await trio.sleep(rng.uniform(0, 0.02))
             handle.cancel()
         assert handle.state is tf.RunState.CANCELLED
     assert len(consumers) == 200
@@ -396,13 +401,9 @@ async def test_read_overtaken_by_cancellation_is_processed_after_restart(
     stream = fresh()
     got1: list[tfio.StreamEntry] = []
     flow = tfio.redis_source(server.url, stream, "g", "c", block_ms=1000) | tf.sink(got1.append)
-
-    def blocked_reader() -> bool:
-        return any(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in client.client_list())
-
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(flow.run)
-        await wait_for(blocked_reader)
+        await wait_for(lambda: _blocked_reader(client))
         handle.cancel()                  # the read in its thread goes on ...
         ids = add(client, stream, 5, atomic=True)  # ... and returns these, to a cancelled task
     assert handle.state is tf.RunState.CANCELLED
