@@ -53,7 +53,7 @@ _SOCKET_SLACK = 10.0
 #: the acknowledgements
 _SOURCE_CONNECTIONS = 3
 
-M = TypeVar("M", bound=Mapping[str, object])
+M = TypeVar("M", bound="Mapping[str, object] | StreamEntry")
 #: an entry as redis-py returns it: (id, fields); (None, None) for one deleted meanwhile
 _Raw = tuple[str | None, dict[str, str] | None]
 
@@ -475,5 +475,8 @@ def write_redis_stream(
     if not isinstance(approximate, bool):
         raise DefinitionTypeError(f"approximate of {op} must be a bool, got {approximate!r}")
     _check_int(f"workers of {op}", workers, 1)
-    return writer_stage(op, workers, name, on_error, retry,
-                        lambda limiter: _open_stream_writer(url, stream, maxlen, approximate, limiter))
+    # (a StreamEntry is no table Row, so the stage's item type is stated here)
+    stage: Stage[list[Any], list[Any]] = writer_stage(
+        op, workers, name, on_error, retry,
+        lambda limiter: _open_stream_writer(url, stream, maxlen, approximate, limiter))
+    return stage
