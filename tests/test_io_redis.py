@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import itertools
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -505,85 +503,3 @@ def test_missing_redis_names_the_extra() -> None:
             "except ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'trioflow[redis]'" in out.stdout
-
-
-# ------------------------------------------------------- worker processes killed with SIGKILL
-
-_WORKER = """
-import sys
-from functools import partial
-
-import trio
-
-import trioflow as tf
-import trioflow.io as tfio
-
-url, stream, consumer, db = sys.argv[1:5]
-
-
-def row(e: tfio.StreamEntry) -> dict[str, object]:
-    return {"id": int(e.fields["n"]), "text": e.fields["text"]}
-
-
-async def main() -> int:
-    flow = (tfio.redis_source(url, stream, "g", consumer, count=200, block_ms=300, claim_min_idle=1.0)
-            | tf.map(row) | tf.batch(200, timeout=0.05)
-            | tfio.write_sqlite(db, "readings", columns={"id": "INTEGER", "text": "TEXT"}, key="id",
-                                create=True))
-    async with trio.open_nursery() as nursery:
-        handle = await nursery.start(partial(tf.run_until_signal, flow))
-        print("ready", flush=True)                     # signals are handled from here on
-    return 0 if handle.state is tf.RunState.COMPLETED else 1
-
-
-sys.exit(trio.run(main))
-"""
-
-
-def test_worker_processes_killed_at_random_lose_nothing(server: RedisServer, client: redis.Redis,
-                                                        tmp_path: Path) -> None:
-    stream, n = fresh(), 60_000
-    for start in range(0, n, 10_000):
-        add(client, stream, 10_000, start=start)
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
-    db = tmp_path / "db.sqlite"
-
-    def start(name: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, str(script), server.url, stream, name, str(db)],
-                                stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == b"ready\n"
-        return proc
-
-    def rows() -> int:
-        try:
-            with sqlite3.connect(db) as c:
-                return int(c.execute("SELECT count(*) FROM readings").fetchone()[0])
-        except sqlite3.OperationalError:    # not created yet
-            return 0
-
-    rng = random.Random(7)
-    survivor, victim = start("w2"), start("w1")
-    left_by_kills: list[int] = []
-    try:
-        for _ in range(5):
-            time.sleep(rng.uniform(0.05, 0.5))           # it works a little
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
-            left_by_kills.append(sum(c["pending"] for c in client.xpending(stream, "g")["consumers"]
-                                     if c["name"] == "w1"))
-            victim = start("w1")                          # restarted under the same name
-        deadline = time.monotonic() + 120
-        while rows() < n or pending(client, stream, "g") > 0:
-            assert time.monotonic() < deadline, (rows(), pending(client, stream, "g"))
-            time.sleep(0.1)
-    finally:
-        for proc in (victim, survivor):
-            proc.send_signal(signal.SIGTERM)
-        codes = [proc.wait(30) for proc in (victim, survivor)]
-    assert codes == [0, 0]                                # SIGTERM drains, exit 0
-    with sqlite3.connect(db) as c:
-        assert c.execute("SELECT id FROM readings ORDER BY id").fetchall() == [(i,) for i in range(n)]
-    assert any(left_by_kills)                             # some kill did leave entries unacknowledged
-    assert pending(client, stream, "g") == 0
