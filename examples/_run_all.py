@@ -16,7 +16,7 @@ TIMEOUT = 120.0
 HERE = Path(__file__).resolve().parent
 #: servers that run until stopped: exercised as real processes (clients, signals, SIGKILL)
 #: by their own tests, not here
-SERVERS = {"socket_to_db.py": "tests/test_socket_to_db.py"}
+SERVERS = {"socket_to_db.py": "tests/test_socket_to_db.py", "redis_to_db.py": "tests/test_redis_to_db.py"}
 
 
 def main(argv: list[str]) -> int:

@@ -9,6 +9,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pg import PgServer
+    from redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +22,15 @@ def postgres() -> Iterator[PgServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway redis-server for the session (tests/redis_server.py), stopped at the end."""
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,6 +1,7 @@
 """Connectors to the outside world: a TCP server as a push source (``tcp_source``,
 ``docs/tcp.md``), database writers (SQLite, PostgreSQL) and dead-letter tables
-(``docs/databases.md``).
+(``docs/databases.md``), Redis Streams: a consumer-group source and a stream writer
+(``docs/redis.md``).
 
     import trioflow as tf
     import trioflow.io as tfio
@@ -10,7 +11,7 @@
             | tfio.write_sqlite("app.db", "readings", columns=["id", "value"], key="id"))
 
 Drivers that need a package are imported only when used: PostgreSQL needs
-``pip install 'trioflow[postgres]'``.
+``pip install 'trioflow[postgres]'``, Redis ``pip install 'trioflow[redis]'``.
 """
 
 from ._framing import FrameError as FrameError
@@ -20,6 +21,12 @@ from ._framing import LengthPrefixed as LengthPrefixed
 from ._framing import Lines as Lines
 from ._postgres import open_postgres_dead_letters as open_postgres_dead_letters
 from ._postgres import write_postgres as write_postgres
+from ._redis import RedisConsumer as RedisConsumer
+from ._redis import RedisStatistics as RedisStatistics
+from ._redis import StreamEntry as StreamEntry
+from ._redis import TooManyDeliveries as TooManyDeliveries
+from ._redis import redis_source as redis_source
+from ._redis import write_redis_stream as write_redis_stream
 from ._sqlite import open_sqlite_dead_letters as open_sqlite_dead_letters
 from ._sqlite import write_sqlite as write_sqlite
 from ._table import Row as Row
@@ -42,15 +49,21 @@ __all__ = [
     "LengthPrefixed",
     "Lines",
     "Received",
+    "RedisConsumer",
+    "RedisStatistics",
     "Rejected",
     "Replies",
     "Row",
+    "StreamEntry",
     "TableError",
     "TcpServer",
     "TcpStatistics",
+    "TooManyDeliveries",
     "open_postgres_dead_letters",
     "open_sqlite_dead_letters",
+    "redis_source",
     "tcp_source",
     "write_postgres",
+    "write_redis_stream",
     "write_sqlite",
 ]
