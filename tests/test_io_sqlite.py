@@ -312,3 +312,12 @@ async def test_an_item_is_acknowledged_only_after_its_dead_letter_row_is_committ
                      | tf.map(parse, on_error=tf.DeadLetter(letters)) | tf.to_list()).run()
     assert out == [v for v in range(50) if v % 5]
     assert seen_in_table == [True] * 10  # every rejected item's row was there when it was acked
+
+
+def test_a_writer_lets_few_batches_wait_before_it(tmp_path: Path) -> None:
+    """An edge is bounded in items, and before a writer an item is a batch: the writer's
+    edge holds a few batches, not the run's default of 512 (half a million rows)."""
+    flow = (tf.from_iterable(range(10)) | tf.batch(1000)
+            | tfio.write_sqlite(tmp_path / "w.db", "t", columns={"v": "INTEGER"}, create=True))
+    (edge,) = [e for e in flow.plan().edges if e.name.endswith("write_sqlite")]
+    assert edge.capacity == 4

@@ -29,6 +29,8 @@ from ._table import R, Row
 DEAD_LETTER_COLUMNS: Mapping[str, str] = {
     "stage": "TEXT", "item": "TEXT", "error": "TEXT", "attempt": "INTEGER", "time": "DOUBLE PRECISION",
 }
+#: batches that may wait before a writer (beyond the ones its workers hold)
+BATCHES_WAITING = 4
 #: a dead-letter table keeps this much of an item's repr
 ITEM_TEXT_LIMIT = 1024
 #: most entries written in one dead-letter transaction
@@ -132,7 +134,9 @@ def writer_stage(
 ) -> Stage[list[R], list[R]]:
     """The persistent stage of a writer: ``workers`` workers, each with the resource
     ``open_worker(limiter)`` (one limiter for the stage: its own threads), each batch
-    written, then emitted."""
+    written, then emitted. Its input edge holds ``BATCHES_WAITING`` batches: an edge is
+    bounded in items, and here an item is a whole batch (the run's default of 512 would
+    let half a million rows wait while the database is slower than the source)."""
     limiter = trio.CapacityLimiter(workers)
 
     def resource() -> contextlib.AbstractAsyncContextManager[BatchWriter]:
@@ -143,7 +147,7 @@ def writer_stage(
         return batch
 
     return persistent(write_batch, resource=resource, workers=workers, name=name or op,
-                      on_error=on_error, retry=retry)
+                      on_error=on_error, retry=retry, buffer=BATCHES_WAITING)
 
 
 def check_dead_letter_args(op: str, buffer: object, row: object) -> None:
