@@ -33,18 +33,16 @@ processes, a cluster) are refused in a run that tracks acknowledgements.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, final
-
-import attrs
+from typing import Any, NamedTuple, Protocol, final
 
 
 @final
-@attrs.frozen
-class Ack:
+class Ack(NamedTuple):
     """The acknowledgement of one item of a source: ``token`` is what the source gave with
     the item; ``error`` is ``None`` when the item was handled (committed by a sink, or
     dropped by a filter), or the error of a part of it that an error policy skipped or
-    dead-lettered (after the dead letter was written)."""
+    dead-lettered (after the dead letter was written), or ``ItemDropped`` when an overflow
+    policy dropped it. (A named tuple: one is made per item, so it is cheap to build.)"""
 
     token: Any
     error: BaseException | None = None

@@ -21,15 +21,19 @@ from ._errors import DefinitionValueError
 
 
 def _lift_value(fn: Callable[..., Any], kind: CallKind) -> Callable[..., Any]:
-    """``fn(value)`` → ``Tracked(result, ticket)``."""
+    """``fn(value)``, the result in the same ``Tracked`` (a 1:1 stage owns the item it was
+    handed: no other branch sees it, since a broadcast gives each branch its own; a call
+    that raises leaves it as it was, for a retry or a dead letter)."""
     if kind is CallKind.ASYNC:
         async def lifted(t: Tracked) -> Tracked:
-            return Tracked(await fn(t.value), t.ticket)
+            t.value = await fn(t.value)
+            return t
 
         return lifted
 
     def lifted_sync(t: Tracked) -> Tracked:
-        return Tracked(fn(t.value), t.ticket)
+        t.value = fn(t.value)
+        return t
 
     return lifted_sync
 
@@ -178,7 +182,8 @@ def _lift_fold(fn: Callable[..., Any], kind: CallKind) -> Callable[..., Any]:
 
 
 async def _lift_tracked(t: Tracked, call: Callable[[Any], Any]) -> Tracked:
-    return Tracked(await call(t.value), t.ticket)
+    t.value = await call(t.value)  # (as in ``_lift_value``: the stage owns the item)
+    return t
 
 
 def track(spec: Any, name: str) -> Any:
@@ -210,7 +215,8 @@ def track(spec: Any, name: str) -> Any:
         pfn = spec.fn
 
         async def with_resource(res: Any, t: Tracked) -> Tracked:
-            return Tracked(await pfn(res, t.value), t.ticket)
+            t.value = await pfn(res, t.value)  # (as in ``_lift_value``: the stage owns the item)
+            return t
 
         return evolve(spec, fn=with_resource)
     if isinstance(spec, s.OnDemandStage):

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import trio
 
+from .._acks import Tracked
 from .._edge import DownstreamClosed, Edge
 from .._errors import UnroutableError, annotate
 from .._plan import DEFAULT, PlanNode, RoutePort
@@ -87,8 +88,15 @@ class BroadcastRouter(Router):
         for i, edge in enumerate(live):
             try:
                 # every put gets a list of its own (the last the original): consumers may
-                # extend chunks in place, and one edge may be fed twice (merge(fan, fan))
-                await edge.put(chunk if i == last else list(chunk))
+                # extend chunks in place, and one edge may be fed twice (merge(fan, fan));
+                # tracked items are copied too, since a 1:1 stage updates its item in place
+                if i == last:
+                    part = chunk
+                elif self.tracked:
+                    part = [Tracked(t.value, t.ticket) for t in chunk]
+                else:
+                    part = list(chunk)
+                await edge.put(part)
                 self.n_out += len(chunk)
             except DownstreamClosed:
                 self._dead(edge)

@@ -304,8 +304,12 @@ class Emit(Generic[T]):
         if acks is not None and len(acks) != len(chunk):
             raise ValueError(f"acks: {len(acks)} tokens for {len(chunk)} items")
         if head.tracked:
-            tokens: Any = acks if acks is not None else [_NO_ACK] * len(chunk)
-            chunk = [_tracked(head, x, a) for x, a in zip(chunk, tokens, strict=True)]
+            ledger = head.ledger
+            if acks is None or ledger is None:
+                chunk = [Tracked(x, None) for x in chunk]
+            else:  # (the per-item path of an acknowledged source: one ticket per item)
+                chunk = [Tracked(x, None if a is _NO_ACK else Ticket(ledger, a))
+                         for x, a in zip(chunk, acks, strict=True)]
         if chunk:
             self._head.n_out += len(chunk)
             await self._seg.emit(chunk)

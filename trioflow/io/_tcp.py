@@ -50,7 +50,7 @@ import os
 import socket
 from collections.abc import Callable
 from itertools import repeat
-from typing import Any, Generic, TypeVar, final, overload
+from typing import Any, Generic, NamedTuple, TypeVar, final, overload
 
 import attrs
 import trio
@@ -108,10 +108,10 @@ class Rejected:
 
 
 @final
-@attrs.frozen(kw_only=True)
-class Received(Generic[T]):
+class Received(NamedTuple, Generic[T]):
     """A record accepted by the source, as the reply functions see it: the decoded value,
-    its connection and its number on that connection (from 1)."""
+    its connection and its number on that connection (from 1). (A named tuple: one is made
+    per reply, so it is cheap to build.)"""
 
     value: T
     connection: ConnectionInfo
