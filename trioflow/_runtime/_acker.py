@@ -19,6 +19,8 @@ import trio
 from .._acks import Ack
 from .._errors import annotate
 
+_new_ack = tuple.__new__
+
 #: Bound on handing over the last acknowledgements when a run ends by failure or cancellation.
 FLUSH_TIMEOUT = 5.0
 
@@ -40,8 +42,9 @@ class Ledger:
 
     def ready(self, token: Any, error: BaseException | None) -> None:
         """An item of the source is done (called synchronously, on the Trio thread)."""
-        self._acks.append(Ack(token, error))
-        if self._lot:
+        acks = self._acks
+        acks.append(_new_ack(Ack, (token, error)))  # (the named tuple, without its __new__)
+        if len(acks) == 1:  # the first since the last hand-over: the task may be parked
             self._lot.unpark()
 
     def close(self) -> None:
