@@ -23,7 +23,23 @@ def _zipped(items: tuple[Any, ...]) -> Any:
     return pair
 
 
-class ZipHead(Head):
+class _LockstepHead(Head):
+    """A fan-in that reads its inputs in lockstep: one buffer per input, refilled when empty."""
+
+    async def _refill(self, inputs: list[Any], bufs: list[deque[Any]], size: int) -> bool:
+        """Fill every empty buffer from its input; False once any input has ended (then
+        nothing later can be complete: the fan-in completes)."""
+        for edge, buf in zip(inputs, bufs, strict=True):
+            if not buf:
+                chunk = await edge.receive(size)
+                if chunk is None:
+                    return False
+                self.n_in += len(chunk)
+                buf.extend(chunk)
+        return True
+
+
+class ZipHead(_LockstepHead):
     """Pairs items by position across its inputs: emits ``(a_i, b_i, ...)``; completes
     when any input completes (the other inputs are then stopped)."""
 
@@ -33,13 +49,8 @@ class ZipHead(Head):
         size = seg.chunk_size
         bufs: list[deque[Any]] = [deque() for _ in inputs]
         while True:
-            for edge, buf in zip(inputs, bufs, strict=True):
-                if not buf:
-                    chunk = await edge.receive(size)
-                    if chunk is None:
-                        return
-                    self.n_in += len(chunk)
-                    buf.extend(chunk)
+            if not await self._refill(inputs, bufs, size):
+                return
             n = min(len(b) for b in bufs)
             out = [tuple(b.popleft() for b in bufs) for _ in range(n)]
             if self.tracked:  # a pair is done when it is: one ticket over its members
@@ -48,7 +59,7 @@ class ZipHead(Head):
             await seg.emit(out)
 
 
-class JoinHead(Head):
+class JoinHead(_LockstepHead):
     """Reunites ``(seq, value)`` envelopes from order-keeping inputs: emits the values of
     every ``seq`` (a tuple, or a dict with the spec's ``keys``), leaving out items that a
     branch filtered or skipped (they arrive as tombstones). Branches hand on one envelope
@@ -70,13 +81,8 @@ class JoinHead(Head):
         bufs: list[deque[tuple[int, Any]]] = [deque() for _ in inputs]
         keys = self.keys
         while True:
-            for edge, buf in zip(inputs, bufs, strict=True):
-                if not buf:
-                    chunk = await edge.receive(size)
-                    if chunk is None:
-                        return
-                    self.n_in += len(chunk)
-                    buf.extend(chunk)
+            if not await self._refill(inputs, bufs, size):
+                return
             out: list[Any] = []
             while all(bufs):
                 top = max(b[0][0] for b in bufs)
