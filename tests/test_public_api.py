@@ -6,12 +6,13 @@ import inspect
 import pytest
 
 import trioflow as tf
-from trioflow import _operators
+from trioflow import _operators, _time
 
 OPERATORS = [
     name
-    for name, obj in vars(_operators).items()
-    if inspect.isfunction(obj) and obj.__module__ == _operators.__name__ and not name.startswith("_")
+    for module in (_operators, _time)
+    for name, obj in vars(module).items()
+    if inspect.isfunction(obj) and obj.__module__ == module.__name__ and not name.startswith("_")
 ]
 
 

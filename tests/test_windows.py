@@ -303,7 +303,7 @@ def test_open_windows_are_capped_with_a_clear_error() -> None:
 
 def test_watermark_follows_the_clock_when_idle() -> None:
     m = Watermark(max_delay=5, idle=10)
-    assert m.wake_for(None) == math.inf  # nothing seen yet
+    assert m.wake_for(100) == math.inf  # nothing seen yet
     assert m.observe(100, now=0) == 95
     assert m.at(9.5) == 95
     assert m.wake_for(120) == 20  # idle at 10, then newest + (now - arrival) reaches 120 at 20

@@ -177,6 +177,25 @@ from ._stats import (
 from ._stats import (
     StageStatistics as StageStatistics,
 )
+from ._time import EMIT_LATE as EMIT_LATE
+from ._time import EmitLate as EmitLate
+from ._time import debounce as debounce
+from ._time import delay as delay
+from ._time import sample as sample
+from ._time import throttle as throttle
+from ._time import window as window
+from ._windows import CollectAll as CollectAll
+from ._windows import EventTime as EventTime
+from ._windows import Fold as Fold
+from ._windows import Late as Late
+from ._windows import LateItemError as LateItemError
+from ._windows import ProcessingTime as ProcessingTime
+from ._windows import Reduce as Reduce
+from ._windows import Session as Session
+from ._windows import Sliding as Sliding
+from ._windows import Tumbling as Tumbling
+from ._windows import WindowLimitError as WindowLimitError
+from ._windows import WindowResult as WindowResult
 
 __version__ = "0.1.0"
 
@@ -275,4 +294,10 @@ __all__ = [
     "take_while",
     "tap",
     "to_list",
+]
+# time: windows and rate control (docs/time.md)
+__all__ += [
+    "EMIT_LATE", "CollectAll", "EmitLate", "EventTime", "Fold", "Late", "LateItemError",
+    "ProcessingTime", "Reduce", "Session", "Sliding", "Tumbling", "WindowLimitError",
+    "WindowResult", "debounce", "delay", "sample", "throttle", "window",
 ]

@@ -51,6 +51,14 @@ class StageStatistics:
     retries: int = 0
     #: Restarts by supervision (``restart=Restart(...)``) of workers or a source.
     restarts: int = 0
+    #: ``window``: the (key, window) states held now (the stage's memory, bounded by
+    #: ``max_windows``).
+    open_windows: int = 0
+    #: ``window``: items that came after their windows had closed for good (emitted as
+    #: ``Late``, dead-lettered or failed, per ``on_late``).
+    late: int = 0
+    #: ``debounce``/``sample``: items replaced by a newer one before they could go.
+    superseded: int = 0
 
 
 @attrs.frozen(kw_only=True)

@@ -123,7 +123,7 @@ class ProcessingTime:
     Nothing is ever late; a window fires when the clock reaches its end."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class EventTime:
     """Time is ``timestamp(item)``, a number (e.g. epoch seconds).
 
@@ -138,9 +138,9 @@ class EventTime:
     """
 
     timestamp: Callable[[Any], float]
-    max_delay: float = 0
-    idle: float | None = None
-    lateness: float = 0
+    max_delay: float = attrs.field(default=0, kw_only=True)
+    idle: float | None = attrs.field(default=None, kw_only=True)
+    lateness: float = attrs.field(default=0, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         _check_fn("timestamp", self.timestamp)
@@ -261,15 +261,12 @@ class Watermark:
                 self.value = wm
         return self.value
 
-    def wake_for(self, end: float | None) -> float:
-        """The clock time at which, with no new input, the watermark changes (idle) or reaches
-        ``end``; ``inf`` when it never does."""
+    def wake_for(self, end: float) -> float:
+        """The clock time at which, with no new input, the watermark reaches ``end`` (it
+        follows the clock once the input is idle); ``inf`` when it never does."""
         if self.idle is None or self.newest == -math.inf:
             return math.inf
-        became_idle = self.last_arrival + self.idle
-        if end is None:
-            return became_idle if self.value < self.newest else math.inf
-        return max(became_idle, self.last_arrival + (end - self.newest))
+        return max(self.last_arrival + self.idle, self.last_arrival + (end - self.newest))
 
 
 # -- the state machines ---------------------------------------------------------------------
@@ -316,6 +313,8 @@ class Windows:
         self.open = 0
         #: items handed back as too late
         self.late = 0
+        #: the newest timestamp added (what an event-time watermark follows)
+        self.newest = -math.inf
 
     def _grew(self) -> None:
         self.open += 1
@@ -390,8 +389,11 @@ class FixedWindows(Windows):
         late: list[Late[Any]] = []
         tumbling = stride == size
         lo = -size  # window i covers t when i*stride + offset in (t - size, t]
+        newest = self.newest
         for x in items:
             t: Any = tsf(x) if tsf is not None else ts
+            if t > newest:
+                newest = t
             k = keyf(x) if keyf is not None else None
             last = int((t - offset) // stride)
             first_i = last if tumbling else int((t - offset + lo) // stride) + 1
@@ -410,6 +412,7 @@ class FixedWindows(Windows):
                     d[k] = acc = step(acc, x)
                 if offset + i * stride + size <= wm:  # past its end: fires (again) now
                     out.append(self._refire(i, k, acc))
+        self.newest = newest
         self.late += len(late)
         return out, late
 
@@ -512,6 +515,8 @@ class SessionWindows(Windows):
         for x in items:
             t = tsf(x) if tsf is not None else ts
             assert t is not None
+            if t > self.newest:
+                self.newest = t
             if t < horizon:  # it could only merge with sessions already dropped
                 late.append(Late(x, t, wm))
                 continue

@@ -64,6 +64,7 @@ from ._pool import PoolHead
 from ._segment import Head, _guard_for
 from ._sources import AsyncIterableHead, ChannelHead, IterableHead, PeriodicHead, TaskSourceHead
 from ._stages import AsyncEachHead, BatchTimerHead, ContinuousHead
+from ._time import TIME_HEADS
 
 
 def _make_op(node: PlanNode) -> Op:
@@ -135,6 +136,9 @@ def _make_head(node: PlanNode) -> Head:
         return ContinuousHead(node, spec)
     if isinstance(spec, BatchStage):
         return BatchTimerHead(node, spec)
+    time_head = TIME_HEADS.get(type(spec))
+    if time_head is not None:
+        return time_head(node, spec)
     if isinstance(spec, FnStage | FnSink | ReduceSink) and spec.runs_elsewhere:
         return BackendHead(node, spec)
     if isinstance(spec, MapStage | PooledFnStage | FnSink) and spec.pooled:

@@ -329,7 +329,7 @@ class Runner:
                     name=h.name, operator=h.node.operator, lifecycle=h.node.lifecycle,
                     segment=seg.plan.index, items_in=h.n_in, items_out=h.n_out, errors=h.errors,
                     in_flight=h.in_flight, workers=h.workers, waiting=h.waiting,
-                    restarts=h.restarts, **_guard_stats(h.guard),
+                    restarts=h.restarts, **_guard_stats(h.guard), **_time_stats(h),
                 ))
             op_nodes = seg.plan.nodes if seg.plan.pass_head else seg.plan.nodes[1:]
             for node, op in zip(op_nodes, seg.ops, strict=True):
@@ -355,3 +355,7 @@ class Runner:
         return RunStatistics(state=self.state, stages=tuple(stages), edges=edges)
 
 
+def _time_stats(head: Head) -> dict[str, int]:
+    """The counters of the operators over time (``window``, ``debounce``, ``sample``)."""
+    return {name: getattr(head, name) for name in ("open_windows", "late", "superseded")
+            if hasattr(head, name)}
