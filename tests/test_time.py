@@ -87,7 +87,7 @@ async def test_event_time_watermark_lateness_updates_and_late_output(
     items = [ev(1), ev(8), ev(13, v=10), ev(5, v=100), ev(16), ev(4, v=1000), ev(21), ev(3)]
     src = timed_source(list(enumerate(items)), end=10)
     time = tf.EventTime(lambda x: x[0], max_delay=2, lateness=5)
-    stage = tf.window(tf.Tumbling(10), SUM, key=lambda x: x[1], time=time, name="w")
+    stage: tf.Stage[Any, Any] = tf.window(tf.Tumbling(10), SUM, key=lambda x: x[1], time=time, name="w")
     seen = await emissions(src, stage)
     assert seen == [
         (2, W("k", 0, 10, 2)),  # the watermark reached 13 - 2 = 11 >= 10
@@ -126,7 +126,7 @@ async def test_late_items_to_dead_letters_are_counted(
 ) -> None:
     letters: list[tf.DeadLetterEntry] = []
     src = timed_source(list(enumerate([ev(1), ev(30), ev(2, v=7)])), end=3)
-    stage = tf.window(tf.Tumbling(10), SUM, time=tf.EventTime(lambda x: x[0]),
+    stage: tf.Stage[Any, Any] = tf.window(tf.Tumbling(10), SUM, time=tf.EventTime(lambda x: x[0]),
                       on_late=tf.DeadLetter(letters), name="w")
     out: list[Any] = []
     flow = src | stage | tf.sink(out.append)
@@ -321,8 +321,13 @@ async def _nothing(emit: tf.Emit[Any]) -> None:
     pass
 
 
-def test_window_in_a_run_with_acknowledgements_is_refused_at_definition() -> None:
-    flow = tf.source(_nothing, on_ack=lambda acks: None) | tf.window(
-        tf.Tumbling(1), tf.CollectAll(), name="w")
+@pytest.mark.parametrize("stage", [
+    tf.window(tf.Tumbling(1), tf.CollectAll(), name="w"), tf.throttle(1, name="w"),
+    tf.debounce(1, name="w"), tf.sample(1, name="w"), tf.delay(1, name="w"),
+])
+def test_time_operators_in_a_run_with_acknowledgements_are_refused_at_definition(
+    stage: tf.Stage[Any, Any],
+) -> None:
+    flow = tf.source(_nothing, on_ack=lambda acks: None) | stage
     with pytest.raises(tf.DefinitionValueError, match="'w' does not carry acknowledgements"):
         flow.plan()

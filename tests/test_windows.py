@@ -8,15 +8,18 @@ sorting. Timestamps and sizes are integers, so every comparison is exact.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections import defaultdict
 from typing import Any
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import trioflow as tf
 from trioflow._windows import (
     CollectAll,
     Fold,
@@ -313,3 +316,27 @@ def test_watermark_follows_the_clock_when_idle() -> None:
     assert m.at(25) == 115
     assert m.at(26) == 115  # idle again, but newest + (26 - 16) = 110 is behind
     assert m.at(36) == 120  # newest (100) + (36 - 16)
+
+
+# -- the same properties through the runtime ------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.one_of(fixed_kinds, st.builds(Session, st.integers(1, 20))), items=items_st,
+       max_delay=st.integers(0, 15))
+def test_window_operator_equals_the_batch_computation(kind: Any, items: list[Item], max_delay: int) -> None:
+    """``tf.window`` in a run, one item per chunk (``chunk_size=1``): the late items and the
+    window results are those of the reference, in a run as in the pure machine."""
+
+
+    flow = tf.from_iterable(items) | tf.window(
+        kind, SUM, key=key_of, time=tf.EventTime(ts_of, max_delay=max_delay))
+    out = trio.run(functools.partial(flow.to_list, chunk_size=1))
+    chunks = [[x] for x in items]
+    on_time, ref_late = reference_late(kind, chunks, max_delay, 0)
+    assert [r.item for r in out if isinstance(r, tf.Late)] == ref_late
+    results = [r for r in out if isinstance(r, WindowResult)]
+    expected = (batch_sessions(int(kind.gap), on_time) if isinstance(kind, Session)
+                else batch_fixed(kind, on_time))
+    assert final(results) == expected
+    assert len(results) == len(expected)  # each window fired once (no lateness: no update)
