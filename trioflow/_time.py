@@ -205,8 +205,9 @@ def throttle(
       empties at ``(n - burst) * per / rate`` seconds), in order;
     * backpressure: while it waits for a token it takes no input, so the edge before it
       fills and the producer blocks; it also waits for room on the next edge;
-    * completes: when the input completes (nothing is held back: items wait in the input
-      edge, not here);
+    * completes: when the input completes and what it holds has gone (it asks its input
+      for only as many items as it has tokens for, so items wait in the edge before it;
+      a chunk that the edge hands over whole is held here until its tokens come);
     * cancelled: by the run or when downstream stops;
     * on error: none of its own.
     """
@@ -269,8 +270,9 @@ def delay(
     """Emit each item ``seconds`` after it was received, in order.
 
     * emits: each item at its arrival time plus ``seconds`` (later if the next edge is full);
-    * backpressure: holds at most ``max_pending`` items; then it takes no input until the
-      oldest are due and handed on; it also waits for room on the next edge;
+    * backpressure: once it holds ``max_pending`` items it takes no input until the oldest
+      are due and handed on (a chunk that the edge hands over whole can take it past the
+      cap by the rest of that chunk); it also waits for room on the next edge;
     * completes: when the input completes and the items it holds have come due and gone;
     * cancelled: by the run or when downstream stops; held items are dropped with the run;
     * on error: none of its own.
