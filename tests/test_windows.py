@@ -241,6 +241,34 @@ def test_out_of_order_within_the_bound_equals_sorted_input(
     assert not any(r.update for r in out)
 
 
+@settings(max_examples=200, deadline=None)
+@given(kind=st.one_of(fixed_kinds, st.builds(Session, st.integers(1, 20))), items=items_st,
+       max_delay=st.integers(0, 15), data=st.data())
+def test_each_item_is_in_exactly_its_windows_or_late(
+    kind: Any, items: list[Item], max_delay: int, data: st.DataObject
+) -> None:
+    """With ``CollectAll`` the windows show their members: each on-time item is in exactly
+    the windows that contain its timestamp (for sessions: exactly one, which spans it), a
+    late item in none."""
+    items = [(t, k, i) for i, (t, k, _) in enumerate(items)]  # values tell items apart
+    chunks = data.draw(chunked(items))
+    out, late = run_machine(kind, chunks, max_delay=max_delay, lateness=0, agg=CollectAll())
+    on_time, _ = reference_late(kind, chunks, max_delay, 0)
+    where: dict[Item, list[tuple[float, float]]] = defaultdict(list)
+    for r in out:
+        assert r.result, "a window is never empty"
+        for x in r.result:
+            assert x[1] == r.key and r.start <= x[0] < r.end
+            where[x].append((r.start, r.end))
+    assert set(where) == set(on_time)
+    assert not set(where) & {lt.item for lt in late}
+    for x in on_time:
+        if isinstance(kind, Session):
+            assert len(where[x]) == 1
+        else:
+            assert sorted(where[x]) == windows_of(kind, x[0])
+
+
 # -- examples -------------------------------------------------------------------------------
 
 
