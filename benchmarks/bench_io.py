@@ -22,6 +22,7 @@ import trio
 from harness import Target, Variant, Workload
 
 import trioflow as tf
+from trioflow._runtime import _pool
 
 DELAY = 0.005
 CONCURRENCY = 64
@@ -42,6 +43,17 @@ async def trioflow_map(n: int, ordered: bool) -> list[int]:
         tf.from_iterable(range(n)) | tf.map(fetch, concurrency=CONCURRENCY, ordered=ordered)
     ).to_list()
     return results if ordered else sorted(results)
+
+
+async def trioflow_map_unspread(n: int, ordered: bool) -> list[int]:
+    """The same pool with its de-synchronising off (a comparison row: what spreading the
+    calls that end together is worth here; see ``PoolHead._desync``)."""
+    saved = _pool.PACE_MIN_WORKERS
+    _pool.PACE_MIN_WORKERS = 1 << 30
+    try:
+        return await trioflow_map(n, ordered)
+    finally:
+        _pool.PACE_MIN_WORKERS = saved
 
 
 # -- references ------------------------------------------------------------------------------
@@ -174,6 +186,9 @@ def workload(n: int, reps: int) -> Workload:
                     "map(fetch, concurrency=64)", n),
             Variant("trioflow_unordered", functools.partial(trioflow_map, ordered=False),
                     "map(fetch, concurrency=64, ordered=False)", n),
+            Variant("trioflow_ordered_unspread",
+                    functools.partial(trioflow_map_unspread, ordered=True),
+                    "map(fetch, concurrency=64) with the pool's de-synchronising off", n),
             Variant("reference_lockstep", reference_lockstep,
                     "the earlier reference: 64 tasks started together, a shared counter", n),
             Variant("trio_task_per_item", functools.partial(trio_task_per_item, ordered=True),
@@ -191,8 +206,8 @@ def workload(n: int, reps: int) -> Workload:
                    "reference", limit=0.97, at_most=False, fmt="{:.1%}", invert=True),
             *[Target(f"{name} throughput / staggered reference", name, "reference", limit=None,
                      at_most=False, fmt="{:.1%}", invert=True)
-              for name in ("reference_lockstep", "trio_task_per_item", "trio_ordered",
-                           "trio_unordered")],
+              for name in ("trioflow_ordered_unspread", "reference_lockstep", "trio_task_per_item",
+                           "trio_ordered", "trio_unordered")],
         ],
         notes=[f"ideal: ({n} + {CONCURRENCY - 1}) / {CONCURRENCY} calls of {DELAY * 1e3:.0f} ms back to "
                f"back = {(n + CONCURRENCY - 1) / CONCURRENCY * DELAY * 1e3:.0f} ms (one call every "

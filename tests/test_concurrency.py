@@ -191,3 +191,63 @@ async def test_unbounded_edge_never_blocks_producer() -> None:
         await handle.wait()
     (edge,) = handle.statistics().edges
     assert edge.capacity is None and edge.peak == 5000
+
+
+# -- de-synchronising a pool whose calls end together (issue 9: the I/O pool target) --------
+
+
+async def _start_times(n: int, concurrency: int, durations: list[float], ordered: bool) -> tuple[
+        list[float], list[int], float]:
+    starts: list[float] = []
+
+    async def call(i: int) -> int:
+        starts.append(trio.current_time())
+        await trio.sleep(durations[i % len(durations)])
+        return i
+
+    t0 = trio.current_time()
+    out = await (tf.from_iterable(range(n))
+                 | tf.map(call, concurrency=concurrency, ordered=ordered)).to_list()
+    return [s - t0 for s in starts], out, trio.current_time() - t0
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_pool_spreads_calls_that_end_together(
+    autojump_clock: trio.testing.MockClock, ordered: bool
+) -> None:
+    # 64 calls of 1 s started together end together (lock-step); with 640 items queued the
+    # pool spreads the next starts over one call's length, as 64 evenly phased workers
+    starts, out, took = await _start_times(640, 64, [1.0], ordered)
+    assert (out if ordered else sorted(out)) == list(range(640))
+    assert starts[:64] == [0.0] * 64  # the first wave starts at once: no latency added
+    second = sorted(starts[64:128])
+    assert len({round(s, 6) for s in second}) >= 32  # spread, not one instant
+    assert second[0] >= 1.0 and second[-1] < 2.0  # within one call's length
+    # the cost is bounded: at most one call's length on top of the 10 waves
+    assert took <= 11.0
+
+
+async def test_pool_does_not_delay_a_short_burst(autojump_clock: trio.testing.MockClock) -> None:
+    # after the first wave fewer than 64 items wait: no spreading, the run takes 2 waves
+    starts, out, took = await _start_times(128, 64, [1.0], True)
+    assert out == list(range(128))
+    assert sorted(set(starts)) == [0.0, 1.0]
+    assert took == 2.0
+
+
+async def test_pool_never_delays_calls_of_uneven_length(
+    autojump_clock: trio.testing.MockClock
+) -> None:
+    # calls of different lengths do not end together, so no worker ever waits: every call
+    # starts the moment a worker is free (the same schedule as a pool without spreading)
+    durations = [0.5 + (i * 37 % 64) / 64 for i in range(64)]
+    starts, out, _ = await _start_times(640, 64, durations, True)
+    assert out == list(range(640))
+    # replay: a free worker takes the next item at once, so each start is the earliest end
+    free = [0.0] * 64
+    expected = []
+    for i in range(640):
+        t = min(free)
+        expected.append(t)
+        free[free.index(t)] = t + durations[i % 64]
+    assert sorted(starts) == pytest.approx(sorted(expected))
