@@ -32,6 +32,7 @@ temporary SQLite file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -253,6 +254,19 @@ def accumulate(acc: Totals, item: dict[str, Any]) -> Totals:
     return Totals(acc.documents + first, acc.sentences + 1, tuple(sums), tuple(scored), tuple(failed))
 
 
+def resuming(restored: Mapping[str, Totals]) -> Callable[[Totals | None, dict[str, Any]], Totals]:
+    """The fold of the keyed scan, which starts every source from ``None``: a source's first
+    sentence in this run starts from its totals restored from the table (``load_totals``),
+    so that a restarted server goes on counting instead of overwriting the rows with
+    totals started again from zero."""
+    def fold(acc: Totals | None, item: dict[str, Any]) -> Totals:
+        if acc is None:
+            acc = restored.get(by_source(item), Totals())
+        return accumulate(acc, item)
+
+    return fold
+
+
 def by_source(item: dict[str, Any]) -> str:
     source: str = item["sentence"].source
     return source
@@ -265,6 +279,28 @@ def columns(names: Iterator[str] | list[str]) -> dict[str, str]:
         cols |= {f"{name}_sum": "DOUBLE PRECISION NOT NULL", f"{name}_n": "INTEGER NOT NULL",
                  f"{name}_failed": "INTEGER NOT NULL"}
     return cols
+
+
+def load_totals(db: str, names: list[str]) -> dict[str, Totals]:
+    """The totals committed by earlier runs (none if the table does not exist yet): the
+    accumulator's state, restored at start. Blocking: call it in a thread."""
+    cols = ["source", "documents", "sentences",
+            *(f"{name}_{what}" for name in names for what in ("sum", "n", "failed"))]
+    query = f"SELECT {', '.join(cols)} FROM totals"
+    if is_postgres(db):
+        import psycopg
+
+        with psycopg.connect(db) as pg:
+            found = pg.execute("SELECT to_regclass('totals')").fetchone()
+            rows = pg.execute(query).fetchall() if found and found[0] else []
+    else:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'totals'")
+            rows = conn.execute(query).fetchall() if exists.fetchone() else []
+    return {row[0]: Totals(row[1], row[2], tuple(row[3::3]), tuple(row[4::3]), tuple(row[5::3]))
+            for row in rows}
 
 
 def latest_rows(batch: list[tuple[str, Totals]]) -> list[tuple[Any, ...]]:
@@ -309,8 +345,10 @@ def build(
     concurrency: int = 8,
     max_line: int = 65536,
     on_listening: Callable[[tfio.TcpServer], object] | None = None,
+    restored: Mapping[str, Totals] | None = None,
 ) -> tf.Flow[list[tuple[Any, ...]]]:
-    """The pipeline: socket -> splitter -> parallel models -> keyed accumulator -> database."""
+    """The pipeline: socket -> splitter -> parallel models -> keyed accumulator -> database.
+    ``restored``: the totals the accumulator starts from (``load_totals``)."""
     table = columns(list(scorers))
     writer: tf.Stage[list[tuple[Any, ...]], list[tuple[Any, ...]]]
     if is_postgres(db):
@@ -322,7 +360,7 @@ def build(
                         rejects=tf.DeadLetter(letters), on_listening=on_listening, name="documents")
         | tf.flat_map(split, name="splitter")
         | tf.fork_join(sentence=tf.map(same), scores=models(scorers, timeout, concurrency), name="score")
-        | tf.scan(accumulate, Totals(), key=by_source, name="accumulator")
+        | tf.scan(resuming(restored or {}), None, key=by_source, name="accumulator")
         | tf.batch(512, timeout=0.05, name="batch")
         | tf.map(latest_rows, name="latest")
         | writer
@@ -335,6 +373,7 @@ async def serve(db: str, host: str, port: int, *, demo: int = 0, connections: in
     """Warm the workers, run the pipeline until a signal (or, with ``demo``, until a load
     generator's ``demo`` documents went through, then drain)."""
     await warm_workers()
+    restored = await trio.to_thread.run_sync(load_totals, db, list(scorers))
     servers: list[tfio.TcpServer] = []
 
     def listening(server: tfio.TcpServer) -> None:
@@ -343,7 +382,7 @@ async def serve(db: str, host: str, port: int, *, demo: int = 0, connections: in
 
     async with open_dead_letters(db) as letters:
         flow = build(db, letters, host=host, port=port, scorers=scorers, timeout=model_timeout,
-                     concurrency=concurrency, on_listening=listening)
+                     concurrency=concurrency, on_listening=listening, restored=restored)
         if not demo:
             handle = await tf.run_until_signal(flow)
             return handle.state
