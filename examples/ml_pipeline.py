@@ -41,7 +41,7 @@ import random
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -191,20 +191,26 @@ SCORERS: dict[str, Callable[[str], float]] = {
 }
 
 
-def warm_up() -> int:
-    """Run in a worker process at start: train every model there (once per process)."""
+def warm_up() -> None:
+    """Run in every worker process when it starts (trio-parallel's ``init``): train every
+    model there, before the worker takes its first sentence."""
     for task in TASKS:
         model(task)
-    return os.getpid()
 
 
-async def warm_workers() -> None:
-    """Start and warm as many worker processes as trio-parallel's limiter allows (calls run
-    at once land on distinct workers), so the first documents do not pay for it."""
-    workers = int(trio_parallel.current_default_worker_limiter().total_tokens)
-    async with trio.open_nursery() as nursery:
-        for _ in range(workers):
-            nursery.start_soon(trio_parallel.run_sync, warm_up)
+@contextlib.asynccontextmanager
+async def open_workers() -> AsyncIterator[None]:
+    """The worker processes of this server, for as long as the block runs: a trio-parallel
+    cache scope whose workers train the models when they start, and as many of them started
+    at once as trio-parallel's limiter allows (one per CPU; calls run together land on
+    distinct workers), so that the first documents do not wait for them. Fresh workers
+    also see the current ``sys.path``. On exit the workers are shut down."""
+    async with trio_parallel.cache_scope(init=warm_up):
+        workers = int(trio_parallel.current_default_worker_limiter().total_tokens)
+        async with trio.open_nursery() as nursery:
+            for _ in range(workers):
+                nursery.start_soon(trio_parallel.run_sync, os.getpid)
+        yield
 
 
 def in_worker(scorer: Callable[[str], float]) -> Callable[[Sentence], Any]:
@@ -370,9 +376,8 @@ def build(
 async def serve(db: str, host: str, port: int, *, demo: int = 0, connections: int = 4,
                 scorers: Mapping[str, Callable[[str], float]] = SCORERS, model_timeout: float = 5.0,
                 concurrency: int = 8, seed: int = 3) -> tf.RunState:
-    """Warm the workers, run the pipeline until a signal (or, with ``demo``, until a load
-    generator's ``demo`` documents went through, then drain)."""
-    await warm_workers()
+    """Restore the totals, start the workers, run the pipeline until a signal (or, with
+    ``demo``, until a load generator's ``demo`` documents went through, then drain)."""
     restored = await trio.to_thread.run_sync(load_totals, db, list(scorers))
     servers: list[tfio.TcpServer] = []
 
@@ -380,7 +385,7 @@ async def serve(db: str, host: str, port: int, *, demo: int = 0, connections: in
         servers.append(server)
         print(f"listening on {host}:{server.port}", flush=True)
 
-    async with open_dead_letters(db) as letters:
+    async with open_workers(), open_dead_letters(db) as letters:
         flow = build(db, letters, host=host, port=port, scorers=scorers, timeout=model_timeout,
                      concurrency=concurrency, on_listening=listening, restored=restored)
         if not demo:

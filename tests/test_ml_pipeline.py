@@ -37,8 +37,9 @@ sys.path.insert(0, str(EXAMPLE.parent))  # worker processes inherit sys.path
 import ml_fault_scorers as faults  # noqa: E402
 import ml_pipeline as ml  # noqa: E402
 
-#: per item, seconds: far above what a sentence takes, even on a loaded machine
-TIMEOUT = 4.0
+#: per sentence, seconds: far above what scoring a sentence takes (milliseconds), even on a
+#: loaded machine; the spinning scorer is stopped at this deadline
+TIMEOUT = 3.0
 FAULTY: dict[str, Callable[[str], float]] = {
     "sentiment": ml.score_sentiment, "topic": faults.topic_or_raise, "urgency": faults.urgency_or_hang,
 }
@@ -79,8 +80,7 @@ def reference(lines: list[bytes], fails: Callable[[str, str], bool] = lambda m, 
 
 async def run_pipeline(db: str, lines: list[bytes], *, connections: int,
                        scorers: Mapping[str, Callable[[str], float]] = ml.SCORERS) -> tf.RunState:
-    """The example's pipeline, fed ``lines``, then drained."""
-    await ml.warm_workers()
+    """The example's pipeline, fed ``lines``, then drained (inside ``ml.open_workers()``)."""
     restored = await trio.to_thread.run_sync(ml.load_totals, db, list(scorers))
     servers: list[Any] = []
     async with ml.open_dead_letters(db) as letters:
@@ -121,7 +121,8 @@ async def test_scores_and_totals_match_the_reference_on_sqlite(tmp_path: Path) -
     expected, rejected = reference(lines)
     assert rejected and len(expected) == 4  # the generator made bad lines, and 4 sources
     db = str(tmp_path / "scores.db")
-    assert await run_pipeline(db, lines, connections=3) is tf.RunState.COMPLETED
+    async with ml.open_workers():
+        assert await run_pipeline(db, lines, connections=3) is tf.RunState.COMPLETED
     assert_matches(*read_sqlite(db), lines, expected, rejected)
 
 
@@ -130,7 +131,8 @@ async def test_scores_and_totals_match_the_reference_on_postgres(postgres: Any) 
         conn.execute("DROP TABLE IF EXISTS totals, dead_letters")
     lines = ml.documents(60, seed=8)
     expected, rejected = reference(lines)
-    assert await run_pipeline(postgres.url, lines, connections=2) is tf.RunState.COMPLETED
+    async with ml.open_workers():
+        assert await run_pipeline(postgres.url, lines, connections=2) is tf.RunState.COMPLETED
     with postgres.connect() as conn:
         cur = conn.execute("SELECT * FROM totals")
         names = [c.name for c in cur.description or ()]
@@ -145,8 +147,9 @@ async def test_a_restarted_pipeline_goes_on_from_the_committed_totals(tmp_path: 
     lines = ml.documents(80, seed=6)
     expected, rejected = reference(lines)
     db = str(tmp_path / "scores.db")
-    for part in (lines[:50], lines[50:]):
-        assert await run_pipeline(db, part, connections=2) is tf.RunState.COMPLETED
+    async with ml.open_workers():
+        for part in (lines[:50], lines[50:]):
+            assert await run_pipeline(db, part, connections=2) is tf.RunState.COMPLETED
     assert_matches(*read_sqlite(db), lines, expected, rejected)
 
 
@@ -155,9 +158,8 @@ async def test_a_drain_commits_every_document_that_was_read(tmp_path: Path) -> N
     # read before is scored and committed (none half counted), the rest never entered
     lines = ml.documents(400, seed=7)
     db = str(tmp_path / "scores.db")
-    await ml.warm_workers()
     servers: list[Any] = []
-    async with ml.open_dead_letters(db) as letters:
+    async with ml.open_workers(), ml.open_dead_letters(db) as letters:
         flow = ml.build(db, letters, timeout=TIMEOUT, on_listening=servers.append)
         async with trio.open_nursery() as nursery:
             handle = await nursery.start(flow.run)
@@ -199,19 +201,20 @@ async def test_a_failing_and_a_hanging_model_leave_the_other_scores_best_effort(
     expected, rejected = reference(lines, faulty)
     assert expected["feed-1"]["topic_failed"] == 1 and expected["feed-2"]["urgency_failed"] == 1
     db = str(tmp_path / "scores.db")
-    assert await run_pipeline(db, lines, connections=1, scorers=FAULTY) is tf.RunState.COMPLETED
+    async with ml.open_workers():
+        assert await run_pipeline(db, lines, connections=1, scorers=FAULTY) is tf.RunState.COMPLETED
     assert_matches(*read_sqlite(db), lines, expected, rejected)
 
 
 async def test_the_models_block_gives_one_outcome_per_model() -> None:
     # what the accumulator receives: a Value per model that scored, an Error for the
     # failure (ValueError) and for the timeout (TooSlowError; the spinning worker killed)
-    await ml.warm_workers()
     sentences = [ml.Sentence(1, "s", 0, "We love fast clean code."),
                  ml.Sentence(2, "s", 0, "Boom, the database is down!"),
                  ml.Sentence(3, "s", 0, "Hang on, the coach is calm.")]
-    models = ml.models(FAULTY, timeout=TIMEOUT, concurrency=3)
-    results = await (tf.from_iterable(sentences) | models).to_list()
+    models = ml.models(FAULTY, timeout=2.0, concurrency=3)
+    async with ml.open_workers():
+        results = await (tf.from_iterable(sentences) | models).to_list()
     kinds = [{name: (type(o.error).__name__ if isinstance(o, tf.Error) else "Value")
               for name, o in r.items()} for r in results]
     assert kinds == [
@@ -265,9 +268,10 @@ async def test_the_command_line_serves_until_sigint_and_drains(tmp_path: Path) -
             await proc.wait()
 
 
-def test_command_line_arguments_are_checked() -> None:
-    for argv, word in [(["--listen", "nohost"], "--listen"), (["--demo", "-1"], "--demo"),
-                       (["--demo", "0"], "--db")]:
-        out = subprocess.run([sys.executable, str(EXAMPLE), *argv], capture_output=True, text=True,
-                             timeout=60, check=False)
-        assert out.returncode == 2 and word in out.stderr, (argv, out.stderr)
+@pytest.mark.parametrize(("argv", "word"), [(["--listen", "nohost"], "--listen"),
+                                           (["--demo", "-1"], "--demo"), (["--demo", "0"], "--db")])
+def test_command_line_arguments_are_checked(argv: list[str], word: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        ml.main(argv)
+    assert info.value.code == 2 and word in capsys.readouterr().err
