@@ -13,13 +13,14 @@ The stages (docs/ml-pipeline.md explains each one, its lifecycle and its failure
     -> flat_map(split)                 the splitter: one Sentence per sentence
     -> fork_join(sentence, models)     models: parallel(sentiment, topic, urgency) on worker
                                        processes, BestEffort, a timeout per sentence
-    -> scan(accumulate, key=source)    the accumulator: running Totals per source
+    -> scan(fold, key=source)          the accumulator: running Totals per source, starting
+                                       from the totals already in the table (a restart goes on)
     -> batch -> latest per source -> write_sqlite / write_postgres (upsert on source)
 
 A document is one JSON line ``{"id": <int>, "source": <str>, "text": <str>}``. The models
-are small bag-of-words logistic regressions in pure Python, trained when a process first
-uses them, on a corpus generated from a fixed seed (so every worker process, and a test's
-reference computation, has the same weights). Once the workers are warm and the socket is
+are small bag-of-words logistic regressions in pure Python, trained in each worker process
+when it starts, on a corpus generated from a fixed seed (so every worker process, and a
+test's reference computation, has the same weights). Once the workers are warm and the socket is
 bound, the first line on stdout is ``listening on HOST:PORT``. SIGINT/SIGTERM drain (stop
 accepting, score and commit what was read, exit 0); a second signal aborts (exit 130).
 
@@ -278,7 +279,7 @@ def by_source(item: dict[str, Any]) -> str:
     return source
 
 
-def columns(names: Iterator[str] | list[str]) -> dict[str, str]:
+def columns(names: list[str]) -> dict[str, str]:
     """The ``totals`` table: one row per source (DOUBLE PRECISION: PostgreSQL's REAL is 32-bit)."""
     cols = {"source": "TEXT NOT NULL", "documents": "INTEGER NOT NULL", "sentences": "INTEGER NOT NULL"}
     for name in names:
