@@ -45,7 +45,8 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def examples(session: nox.Session) -> None:
     """Run every examples/*.py script with a time limit."""
-    session.install("-e", ".")
+    # [process]: examples/ml_pipeline.py scores on worker processes (trio-parallel)
+    session.install("-e", ".[process]")
     session.run("python", "examples/_run_all.py", *session.posargs)
 
 

@@ -44,8 +44,8 @@ LETTERS = {"connection": "TEXT", "line": "INTEGER", "error": "TEXT", "raw": "TEX
 Reading = tuple[int, str, float]
 
 
-def parse(raw: bytes) -> Reading:
-    """A line to a row; a ``ValueError`` with a one-line reason rejects it."""
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A line's JSON object; a ``ValueError`` with a one-line reason if it is not one."""
     try:
         obj = json.loads(raw)
     except UnicodeDecodeError:
@@ -54,6 +54,12 @@ def parse(raw: bytes) -> Reading:
         raise ValueError(f"malformed JSON ({exc.msg})") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
+    return obj
+
+
+def parse(raw: bytes) -> Reading:
+    """A line to a row; a ``ValueError`` with a one-line reason rejects it."""
+    obj = json_object(raw)
     rid, sensor, value = obj.get("id"), obj.get("sensor"), obj.get("value")
     if type(rid) is not int:
         raise ValueError("id must be an integer")

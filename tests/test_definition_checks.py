@@ -88,6 +88,7 @@ BAD_SIGNATURES: list[tuple[str, Callable[[], object], str, str]] = [
     ("take_while", lambda: tf.take_while(_two), "fn(item)", "(a, b)"),
     ("scan", lambda: tf.scan(lambda x: x, 0), "fn(acc, item)", "(x)"),
     ("scan", lambda: tf.scan(_async_one, 0), "fn(acc, item)", "(x)"),
+    ("scan", lambda: tf.scan(_fold, 0, key=_two), "key(item)", "(a, b)"),
     ("sink", lambda: tf.sink(_two), "fn(item)", "(a, b)"),
     ("reduce", lambda: tf.reduce(_one, 0), "fn(acc, item)", "(x)"),
     ("persistent", lambda: tf.persistent(_async_one, resource=_res), "fn(resource, item)", "(x)"),
@@ -487,3 +488,21 @@ def test_port_of_another_graph_names_both_nodes() -> None:
 def test_stage_followed_by_a_sink_says_what_to_write_instead() -> None:
     with pytest.raises(tf.DefinitionTypeError, match=r"not by the sink .*source \| stages \| sink"):
         tf.map(lambda x: x) | tf.to_list()  # type: ignore[operator]
+
+
+def _fold(acc: Any, x: Any) -> Any:
+    return acc
+
+
+async def _async_key(x: Any) -> Any:
+    return x
+
+
+def test_keyed_scan_arguments_are_checked_at_definition() -> None:
+    _raises(tf.DefinitionTypeError, lambda: tf.scan(_fold, 0, key=_async_key),  # type: ignore[arg-type]
+            "key of scan must be a plain function")
+    _raises(tf.DefinitionTypeError, lambda: tf.scan(_fold, 0, key=3),  # type: ignore[call-overload]
+            "key", "3")
+    _raises(tf.DefinitionValueError,
+            lambda: tf.scan(_fold, 0, key=_sync, backend=tf.Threads()), "key is not supported",
+            "backend=Threads")

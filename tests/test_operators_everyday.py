@@ -572,3 +572,80 @@ async def test_parallel_best_effort_results_unwrap_with_trioflow_names() -> None
     assert isinstance(failed, tf.Error) and isinstance(failed.error, KeyError)
     with pytest.raises(KeyError):
         failed.unwrap()
+
+
+# -- keyed scan ------------------------------------------------------------------------------------
+
+
+def ref_keyed_scan(xs: list[int], key: Callable[[int], Hashable], fails: Callable[[int], bool]
+                   ) -> list[tuple[Hashable, tuple[int, int]]]:
+    """One (count, total) per key; a failing item is dropped and changes nothing."""
+    accs: dict[Hashable, tuple[int, int]] = {}
+    out = []
+    for x in xs:
+        if fails(x):
+            continue
+        k = key(x)
+        n, total = accs.get(k, (0, 0))
+        accs[k] = (n + 1, total + x)
+        out.append((k, accs[k]))
+    return out
+
+
+def _count_and_sum(acc: tuple[int, int], x: int) -> tuple[int, int]:
+    if x == 13:  # the failing item of the property below
+        raise ValueError(x)
+    return (acc[0] + 1, acc[1] + x)
+
+
+@SETTINGS
+@given(xs=xs_strategy, key=st.sampled_from(sorted(KEYS)), is_async=st.booleans(),
+       slow=st.booleans(), run=run_args)
+def test_keyed_scan_matches_reference(xs: list[int], key: str, is_async: bool, slow: bool,
+                                      run: dict[str, int]) -> None:
+    fn = _async(_count_and_sum) if is_async else _count_and_sum
+    flow = _source(xs, slow) | tf.scan(fn, (0, 0), key=KEYS[key], on_error=tf.Skip())
+    assert _run(flow, run) == ref_keyed_scan(xs, KEYS[key], lambda x: x == 13)
+
+
+async def test_keyed_scan_starts_every_run_from_initial() -> None:
+    flow = tf.from_iterable("abab") | tf.scan(lambda n, _: n + 1, 0, key=str.upper)
+    first = await flow.to_list()
+    assert first == [("A", 1), ("B", 1), ("A", 2), ("B", 2)]
+    assert await flow.to_list() == first
+
+
+async def test_keyed_scan_failure_of_key_fails_the_run_or_is_dead_lettered() -> None:
+    def key(x: int) -> int:
+        if x < 0:
+            raise KeyError(x)
+        return x % 2
+
+    with pytest.raises(ExceptionGroup) as info:
+        await (tf.from_iterable([1, -1, 2]) | tf.scan(lambda a, x: a + x, 0, key=key)).to_list()
+    assert info.group_contains(KeyError)
+    letters: list[tf.DeadLetterEntry] = []
+    out = await (tf.from_iterable([1, -1, 3, [4]])  # -1: the key fails; [4]: unhashable key
+                 | tf.scan(lambda a, x: a + x, 0, key=lambda x: key(x) if isinstance(x, int) else x,
+                           on_error=tf.DeadLetter(letters))).to_list()
+    assert out == [(1, 1), (1, 4)]
+    assert [(e.item, type(e.exception)) for e in letters] == [(-1, KeyError), ([4], TypeError)]
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_keyed_scan_with_acknowledgements_acks_each_item_once_and_keeps_its_state(
+    is_async: bool,
+) -> None:
+    acked: list[tf.Ack] = []
+    items = [("a", 1), ("b", 2), ("a", 3), ("b", 4), ("a", 5)]
+
+    def add(acc: int, item: tuple[str, int]) -> int:
+        return acc + item[1]
+
+    # the map after the scan changes the value it is handed: the accumulators must not see it
+    flow = (tf.from_iterable(items, on_ack=acked.extend)
+            | tf.scan(_async(add) if is_async else add, 0, key=lambda item: item[0])
+            | tf.map(lambda kv: (kv[0], kv[1] * 100)))
+    assert await flow.to_list() == [("a", 100), ("b", 200), ("a", 400), ("b", 600), ("a", 900)]
+    assert sorted(a.token for a in acked) == sorted(items)
+    assert all(a.error is None for a in acked)

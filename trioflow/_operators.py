@@ -83,6 +83,7 @@ from ._stage import (
 T = TypeVar("T")
 U = TypeVar("U")
 A = TypeVar("A")
+K = TypeVar("K")
 Res = TypeVar("Res")
 
 @overload
@@ -640,10 +641,12 @@ def enumerate(start: int = 0, *, name: str | None = None) -> Stage[T, tuple[int,
     return EnumerateStage(start=start, name=name)
 
 
+@overload
 def scan(
     fn: Callable[[A, T], A] | Callable[[A, T], Awaitable[A]],
     initial: A,
     *,
+    key: None = None,
     name: str | None = None,
     buffer: int | Unbounded | None = None,
     overflow: Overflow = Overflow.BLOCK,
@@ -651,19 +654,56 @@ def scan(
     retry: Retry | None = None,
     timeout: float | None = None,
     backend: Backend | None = None,
-) -> Stage[T, A]:
+) -> Stage[T, A]: ...
+@overload
+def scan(
+    fn: Callable[[A, T], A] | Callable[[A, T], Awaitable[A]],
+    initial: A,
+    *,
+    key: Callable[[T], K],
+    name: str | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    backend: Backend | None = None,
+) -> Stage[T, tuple[K, A]]: ...
+def scan(
+    fn: Callable[[A, T], A] | Callable[[A, T], Awaitable[A]],
+    initial: A,
+    *,
+    key: Callable[[T], K] | None = None,
+    name: str | None = None,
+    buffer: int | Unbounded | None = None,
+    overflow: Overflow = Overflow.BLOCK,
+    on_error: OnError = FAIL,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    backend: Backend | None = None,
+) -> Stage[T, A] | Stage[T, tuple[K, A]]:
     """Running accumulation: emits ``acc = fn(acc, item)`` after each item, starting from
     ``initial`` (which itself is not emitted), like ``itertools.accumulate(..., initial=)[1:]``.
 
-    * emits: one accumulated value per item, in order;
+    Keyed (``key=k``, a plain function): one accumulator per key, each starting from
+    ``initial``; an item updates only its key's accumulator, ``acc = fn(acc_of_key, item)``,
+    and the stage emits ``(key, acc)``. Every key seen stays in memory until the run ends
+    (the state grows with the number of distinct keys). ``initial`` is shared by all keys:
+    use an immutable value, and have ``fn`` return a new accumulator rather than change the
+    one it is given. Not available with a worker ``backend=``.
+
+    * emits: one accumulated value (keyed: one ``(key, acc)``) per item, in order;
     * backpressure: as ``map``;
     * completes: when the input completes;
     * cancelled: by the run or when downstream stops;
-    * on error: the exception fails the run, noted with stage and item.
+    * on error: the exception fails the run, noted with stage and item; under
+      ``on_error=Skip()``/``DeadLetter(...)`` the failed item (an error from ``fn`` or from
+      ``key``, or an unhashable key) is dropped and the accumulators stay as they were.
     """
-    return ScanStage(fn=fn, initial=initial, name=name, buffer=buffer, overflow=overflow,
-        on_error=on_error, retry=retry, timeout=timeout,
-        backend=backend)
+    stage: ScanStage[T, Any] = ScanStage(
+        fn=fn, initial=initial, key=key, name=name, buffer=buffer, overflow=overflow,
+        on_error=on_error, retry=retry, timeout=timeout, backend=backend)
+    return stage
 
 
 def batch(

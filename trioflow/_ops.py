@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._acks import combine, settle, unwrap
+from ._acks import Tracked, combine, settle, unwrap
 from ._errors import annotate
 from ._policies import Guard
 from ._stage import DROPPED
@@ -316,6 +316,38 @@ class ScanOp(Op):
         self.n_in += len(chunk)
         self.n_out += len(out)
         return out
+
+
+def keyed_output(key: Any, acc: Any, tracked: bool) -> Any:
+    """What a keyed scan emits: ``(key, acc)``; in a run with acknowledgements the pair
+    travels in a new ``Tracked`` with the item's ticket (the stored accumulator is never
+    handed downstream, where a 1:1 stage would change it in place)."""
+    if tracked:
+        return Tracked((key, acc.value), acc.ticket)
+    return (key, acc)
+
+
+class KeyedScanOp(EachOp):
+    """``scan(fn, initial, key=k)``: one accumulator per key, each from ``initial``."""
+
+    __slots__ = ("accs", "fn", "initial", "key", "tracked")
+
+    def __init__(self, name: str, fn: Callable[[Any, Any], Any], initial: Any,
+                 key: Callable[[Any], Any], tracked: bool) -> None:
+        super().__init__(name, "scan")
+        self.fn = fn
+        self.key = key
+        self.initial = initial
+        self.tracked = tracked
+        #: the accumulator of every key seen in this run
+        self.accs: dict[Any, Any] = {}
+
+    def apply_one(self, item: Any) -> Chunk:
+        # a failed item (key, unhashable key, fn) leaves every accumulator unchanged
+        k = self.key(item)
+        acc = self.fn(self.accs.get(k, self.initial), item)
+        self.accs[k] = acc
+        return [keyed_output(k, acc, self.tracked)]
 
 
 class SkipWhileOp(EachOp):

@@ -621,9 +621,21 @@ class DistinctUntilChangedStage(FnStage[T, T]):
 @attrs.frozen(kw_only=True)
 class ScanStage(FnStage[In, Out]):
     initial: Any = None
+    #: keyed scan: one accumulator per ``key(item)``, each starting from ``initial``; the
+    #: stage then emits ``(key, acc)``
+    key: Callable[[Any], Any] | None = None
+    #: the items are ``Tracked`` (a run with acknowledgements): a keyed output is re-wrapped
+    tracked: bool = False
 
     operator: ClassVar[str] = "scan"
     call: ClassVar[str] = "fn(acc, item)"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.key is not None:
+            if classify(self.key, "key") is not CallKind.SYNC:
+                raise DefinitionTypeError(f"key of scan must be a plain function, got {self.key!r}")
+            check_call(self.key, self.operator, "key(item)")
 
 
 @attrs.frozen(kw_only=True)

@@ -71,6 +71,8 @@ async def check() -> None:
     assert_type(written, tf.Flow[int])
     total = written | tf.scan(add, 0)
     assert_type(total, tf.Flow[int])
+    per_parity = written | tf.scan(add, 0, key=lambda n: n % 2 == 0)
+    assert_type(per_parity, tf.Flow[tuple[bool, int]])
 
     pipeline = total | tf.reduce(add, 0)
     assert_type(pipeline, tf.Pipeline[int])

@@ -12,6 +12,7 @@ from .._ops import (
     EnumerateOp,
     FilterOp,
     FlatMapOp,
+    KeyedScanOp,
     ListSinkOp,
     MapOp,
     Op,
@@ -87,6 +88,8 @@ def _build_op(node: PlanNode) -> Op:
         return TapOp(name, spec.fn)
     if isinstance(spec, TakeWhileStage):
         return TakeWhileOp(name, spec.fn)
+    if isinstance(spec, ScanStage) and spec.key is not None:
+        return KeyedScanOp(name, spec.fn, spec.initial, spec.key, spec.tracked)
     if isinstance(spec, ScanStage):
         return ScanOp(name, spec.fn, spec.initial)
     if isinstance(spec, TakeStage):

@@ -18,6 +18,7 @@ from .._ops import (
     Batcher,
     KeyMemory,
     LastKey,
+    keyed_output,
 )
 from .._plan import PlanNode
 from .._stage import (
@@ -158,6 +159,17 @@ class AsyncEachHead(Head):
                 if keep(await fn(item)):
                     self.n_out += 1
                     await emit([item])
+        elif isinstance(spec, ScanStage) and spec.key is not None:
+            key, initial, tracked = spec.key, self.acc, spec.tracked
+            accs: dict[Any, Any] = {}
+
+            async def step(item: Any) -> None:
+                # a failed item (key, unhashable key, fn) leaves every accumulator unchanged
+                k = key(item)
+                acc = await fn(accs.get(k, initial), item)
+                accs[k] = acc
+                self.n_out += 1
+                await emit([keyed_output(k, acc, tracked)])
         elif isinstance(spec, ScanStage):
             async def step(item: Any) -> None:
                 self.acc = await fn(self.acc, item)
