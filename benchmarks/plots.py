@@ -87,7 +87,8 @@ def plot_targets(workloads: dict[str, Any], machine: dict[str, Any], out: Path) 
         return None
     fig, ax = plt.subplots(figsize=(9, 0.4 * len(rows) + 1.6), dpi=100)
     y = list(range(len(rows)))
-    values = [t["value"] / t["limit"] for _, t in rows]
+    # a log axis: a figure at or below zero (memory that shrank) is drawn at the left edge
+    values = [max(t["value"] / t["limit"], 1e-2) for _, t in rows]
     colors = ["#4caf50" if t["met"] else "#f44336" for _, t in rows]
     ax.barh(y, values, color=colors)
     ax.set_yticks(y, [label if len(label) < 70 else label[:67] + "..." for label, _ in rows],

@@ -75,7 +75,7 @@ RESULTS = HERE / "results.json"
 WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] = {
     "linear": (200_000, 20_000, 5, 3, bench_linear.workload),
     # long enough (about 1 s) for a few scrapes at 5 Hz
-    "linear_metrics": (2_000_000, 200_000, 5, 3, bench_linear.metrics_workload),
+    "linear_metrics": (2_000_000, 200_000, 9, 3, bench_linear.metrics_workload),
     "io_map": (2_000, 256, 11, 3, bench_io.workload),
     "batch": (200_000, 20_000, 7, 3, bench_batch.workload),
     "fanout": (100_000, 10_000, 5, 3, bench_fanout.workload),
