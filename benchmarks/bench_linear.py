@@ -54,13 +54,16 @@ async def trioflow_sink(n: int) -> int:
     return total
 
 
-def linear_flow(n: int, add: Callable[[int], None]) -> tf.Pipeline[Any]:
+def linear_flow(n: int, add: Callable[[int], None], ops: Any = tf, head: Any = None) -> tf.Pipeline[Any]:
+    """The ``linear`` pipeline into ``add``, its stages from ``ops`` (``trioflow`` or
+    ``trioflow.otel``), with ``head`` (a stage) right after the source if given."""
+    flow = tf.from_iterable(range(n)) if head is None else tf.from_iterable(range(n)) | head
     return (
-        tf.from_iterable(range(n))
-        | tf.map(lambda x: x + 1)
-        | tf.filter(lambda x: x % 2 == 0)
-        | tf.map(lambda x: x * 2)
-        | tf.sink(add)
+        flow
+        | ops.map(lambda x: x + 1)
+        | ops.filter(lambda x: x % 2 == 0)
+        | ops.map(lambda x: x * 2)
+        | ops.sink(add)
     )
 
 
@@ -117,6 +120,21 @@ async def trioflow_metrics(n: int) -> int:
         nursery.cancel_scope.cancel()
     if scrapes < 1:
         raise RuntimeError("the endpoint was never scraped")
+    return total
+
+
+async def trioflow_otel_unsampled(n: int) -> int:
+    """The linear pipeline with every stage built by ``trioflow.otel`` and ``sample(0.0)``:
+    what tracing costs the items it does not sample (one wrapper call per traced stage)."""
+    from trioflow import otel  # the otel extra: imported only by this variant
+
+    total = 0
+
+    def add(x: int) -> None:
+        nonlocal total
+        total += x
+
+    await linear_flow(n, add, ops=otel, head=otel.sample(0.0)).run()
     return total
 
 
@@ -239,7 +257,7 @@ def workload(n: int, reps: int) -> Workload:
 def metrics_workload(n: int, reps: int) -> Workload:
     return Workload(
         name="linear_metrics",
-        title=f"{n:,} ints through the linear pipeline, Prometheus endpoint off and on",
+        title=f"{n:,} ints through the linear pipeline: Prometheus endpoint off and on; otel stages",
         baseline="trioflow_started",
         expected=expected_sum(n),
         reps=reps,
@@ -248,9 +266,14 @@ def metrics_workload(n: int, reps: int) -> Workload:
                     "the linear pipeline via nursery.start + handle.wait (metrics off)", n),
             Variant("trioflow_metrics", trioflow_metrics,
                     f"same, trioflow.metrics.serve on, scraped over HTTP at {SCRAPE_HZ} Hz", n),
+            Variant("trioflow", trioflow_sink, "the linear pipeline with run() (no handle)", n),
+            Variant("trioflow_otel_unsampled", trioflow_otel_unsampled,
+                    "every stage from trioflow.otel, sample(0.0): no item traced", n),
         ],
         targets=[
             Target("metrics on / metrics off (time)", "trioflow_metrics", "trioflow_started",
                    limit=1.05, at_most=True, fmt="{:.3f}x"),
+            Target("otel stages, nothing sampled / plain stages (time)", "trioflow_otel_unsampled",
+                   "trioflow", limit=None, at_most=True),
         ],
     )

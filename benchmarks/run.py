@@ -12,8 +12,9 @@ asserted: a missed target is reported, not raised. See ``docs/benchmarks.md``.
 Workloads (each in its own module, which also shows how to write the trioflow version):
 
 * ``linear`` (bench_linear.py): cheap synchronous steps; framework cost per item.
-* ``linear_metrics`` (bench_linear.py): the same pipeline with the Prometheus endpoint of
-  ``trioflow.metrics`` on and scraped at 5 Hz, against off.
+* ``linear_metrics`` (bench_linear.py): the same pipeline over 2,000,000 items with the
+  Prometheus endpoint of ``trioflow.metrics`` on and scraped at 5 Hz, against off; and with
+  every stage from ``trioflow.otel`` sampling nothing, against plain stages.
 * ``io_map`` (bench_io.py): async I/O calls with ``map(concurrency=64)``.
 * ``batch`` (bench_batch.py): ``batch(100)`` into a sink.
 * ``fanout`` (bench_fanout.py): a Graph, broadcast to three ``map`` branches merged into a sum;
