@@ -3,7 +3,6 @@ from the OpenTelemetry SDK's in-memory exporter."""
 
 from __future__ import annotations
 
-import itertools
 import random
 import subprocess
 import sys
@@ -34,24 +33,27 @@ def provider(exporter: InMemorySpanExporter) -> TracerProvider:
     return p
 
 
-def traces(exporter: InMemorySpanExporter) -> list[list[ReadableSpan]]:
-    """Finished spans grouped by trace, each trace in parent-to-child order (checked: every
-    span's parent is the span before it)."""
+def traces(exporter: InMemorySpanExporter) -> list[dict[str, str | None]]:
+    """Finished spans grouped by trace: per trace, each span's name -> its parent's name
+    (``None`` for the root), checked to have one root and every parent in the same trace
+    (``ids[...]`` raises ``KeyError`` for a parent outside it)."""
     by_trace: dict[int, list[ReadableSpan]] = defaultdict(list)
     for span in exporter.get_finished_spans():
         assert span.context is not None
         by_trace[span.context.trace_id].append(span)
     out = []
     for spans in by_trace.values():
-        roots = [s for s in spans if s.parent is None]
-        assert len(roots) == 1, f"one root per trace, got {[s.name for s in roots]}"
-        chain = roots
-        children = {s.parent.span_id: s for s in spans if s.parent is not None}
-        assert len(children) == len(spans) - 1, "a chain: every span has at most one child"
-        while (nxt := children.get(chain[-1].context.span_id)) is not None:  # type: ignore[union-attr]
-            chain.append(nxt)
-        assert len(chain) == len(spans)
-        out.append(chain)
+        ids = {s.context.span_id: s for s in spans}  # type: ignore[union-attr]
+        tree: dict[str, str | None] = {}
+        for s in spans:
+            parent = None if s.parent is None else ids[s.parent.span_id].name
+            # a stage's spans in one trace (flat_map's children) all have the same parent
+            assert tree.setdefault(s.name, parent) == parent, s.name
+            if s.parent is not None:
+                # a child starts after its parent
+                assert ids[s.parent.span_id].start_time <= s.start_time  # type: ignore[operator]
+        assert [s.parent for s in spans].count(None) == 1, f"one root per trace: {tree}"
+        out.append(tree)
     return out
 
 
@@ -85,16 +87,17 @@ async def test_each_sampled_item_is_one_trace_through_every_stage(
     ).run()
     assert sorted(seen) == [1, 3, 5]  # user code got plain values
 
-    chains = traces(exporter)
-    assert len(chains) == 5  # one trace per item
-    names = sorted([s.name for s in chain] for chain in chains)
-    full = ["trioflow item", "map _double", "filter _small", "map _inc", "sink write"]
-    assert names == [full[:3]] * 2 + [full] * 3  # 6 and 8 were dropped by the filter
-    for chain in chains:
-        assert chain[1].attributes == {"trioflow.stage": "_double", "trioflow.operator": "map"}
-        assert all(s.status.status_code is StatusCode.UNSET for s in chain)
-        # each span starts after its parent
-        assert all(a.start_time <= b.start_time for a, b in itertools.pairwise(chain))
+    trees = traces(exporter)
+    assert len(trees) == 5  # one trace per item
+    root, double, small = "trioflow item", "map _double", "filter _small"
+    kept = {root: None, double: root, small: double, "map _inc": double, "sink write": "map _inc"}
+    dropped = {root: None, double: root, small: double}
+    # 0, 2, 4 are kept; 6 and 8 were dropped by the filter, their traces end there
+    assert sorted(trees, key=len) == [dropped] * 2 + [kept] * 3
+    for span in exporter.get_finished_spans():
+        assert span.status.status_code is StatusCode.UNSET
+        if span.name == double:
+            assert span.attributes == {"trioflow.stage": "_double", "trioflow.operator": "map"}
 
 
 async def test_a_failing_call_records_the_error_on_its_span(
@@ -132,6 +135,7 @@ async def test_rate_samples_a_repeatable_fraction_and_unsampled_items_stay_plain
     assert kinds.count("Traced") == expected
     assert kinds.count("int") == 200 - expected
     assert len(traces(exporter)) == expected
+    assert all(tree == {"trioflow item": None} for tree in traces(exporter))
 
     exporter.clear()
     kinds.clear()
@@ -174,12 +178,10 @@ async def test_flat_map_children_continue_the_trace_and_tap_keeps_it(
         | otel.flat_map(split) | otel.tap(lambda x: None, name="look") | otel.end() | tf.to_list()
     ).run()
     assert out == [1, 11]
-    spans = exporter.get_finished_spans()
-    assert len({s.context.trace_id for s in spans}) == 1  # type: ignore[union-attr]
-    by_id = {s.context.span_id: s for s in spans}  # type: ignore[union-attr]
-    taps = [s for s in spans if s.name == "tap look"]
-    assert len(taps) == 2
-    assert all(by_id[t.parent.span_id].name == "flat_map split" for t in taps)  # type: ignore[union-attr]
+    (tree,) = traces(exporter)  # the children's spans are in their parent's trace
+    assert tree == {"trioflow item": None, "flat_map split": "trioflow item", "tap look": "flat_map split"}
+    taps = [s for s in exporter.get_finished_spans() if s.name == "tap look"]
+    assert len(taps) == 2  # one per child
 
 
 def test_bad_arguments_name_the_argument() -> None:
@@ -202,3 +204,22 @@ def test_importing_trioflow_does_not_import_opentelemetry() -> None:
     code = "import sys, trioflow; print(any(m.startswith('opentelemetry') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_a_broadcast_gives_both_branches_the_value_and_one_trace(
+        exporter: InMemorySpanExporter, provider: TracerProvider) -> None:
+    g = tf.Graph()
+    src = g.add(tf.from_iterable(range(3)))
+    fan = g.broadcast(g.add(otel.sample(tracer_provider=provider), src))
+    doubled = g.add(otel.map(_double), fan)
+    kept = g.add(otel.filter(_small), fan)
+    squared = g.add(otel.map(lambda x: x * x, name="square"), kept)
+    out = g.add(otel.end(), g.merge(doubled, squared))
+    lst = g.add(tf.to_list(), out)
+    results = await g.run()
+    assert sorted(results[lst]) == [0, 0, 1, 2, 4, 4]
+    trees = traces(exporter)
+    assert len(trees) == 3  # one per item, both branches in it
+    root = "trioflow item"
+    both = {root: None, "map _double": root, "filter _small": root, "map square": root}
+    assert trees == [both] * 3

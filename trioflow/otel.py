@@ -3,11 +3,12 @@
 A sampled item carries its trace with it, explicitly: ``sample()`` wraps it in a ``Traced``
 envelope (the value and the OpenTelemetry context of its last span), and each stage built
 with this module's operators opens a span for the call on that item, as a child of the
-item's previous span, and hands the item on with the new span's context. One item's path
-through the pipeline is then one trace: ``sample`` (the root), then ``map parse``,
-``map enrich``, ``sink write``, each the parent of the next. User code sees the plain value,
-and runs inside its span (the span is current), so spans it opens itself (a database
-client's instrumentation, say) nest under it.
+item's previous span; ``map`` and ``flat_map`` hand the result on in a new envelope with the
+new span's context. One item's path through the pipeline is then one trace: ``sample`` (the
+root), then ``map parse``, ``map enrich``, ``sink write``, each the parent of the next
+(``filter``, ``tap`` and ``sink`` spans are leaves: they hand on no new value). User code
+sees the plain value, and runs inside its span (the span is current), so spans it opens
+itself (a database client's instrumentation, say) nest under it.
 
     flow = (
         tf.from_iterable(readings)
@@ -25,8 +26,9 @@ docs/metrics.md has the measured figure). Only sampled items pay for spans.
 
 Which operators keep the trace: ``map``, ``filter``, ``tap``, ``flat_map`` (every child
 continues its parent's trace) and ``sink`` from this module, and the operators that hand
-items on untouched without calling user code: ``take``, ``skip``, buffers, graph junctions
-(``broadcast``/``balance``/``merge``/``route`` without ``key``). Any other operator after
+items on untouched without calling user code: ``take``, ``skip``, buffers, and the graph
+junctions ``broadcast``, ``balance`` and ``merge`` (a ``route``'s key would be handed the
+envelope, a ``zip`` would pair envelopes). Any other operator after
 ``sample()`` sees the ``Traced`` envelope of a sampled item instead of its value (``batch``
 collects envelopes, ``scan``/``reduce`` would be given them): end the traces first with
 ``end()``, which hands on the plain value. A trace then ends where the item leaves the
@@ -162,13 +164,14 @@ def _call(kind: CallKind, fn: Callable[..., Any], span_name: str, attributes: di
 
 
 def _rewrap(x: Traced, value: Any, context: Context) -> Traced:
-    x.value, x.context = value, context  # the stage owns the item it was handed
-    return x
+    # a new envelope: after a broadcast, every branch holds the same one
+    return Traced(value, context, x.tracer)
 
 
-def _advance(x: Traced, value: Any, context: Context) -> Any:
-    x.context = context  # the item's trace goes on from this span
-    return value  # a predicate's verdict, a side effect's result: the item is handed on as is
+def _leaf(x: Traced, value: Any, context: Context) -> Any:
+    # a predicate's verdict, a side effect's result: the item goes on as it came, its trace
+    # from its previous span (the envelope may be shared, so it is not changed)
+    return value
 
 
 def _traced(fn: Callable[..., Any], kw: dict[str, Any], operator: str,
@@ -190,22 +193,24 @@ def map(fn: Callable[[Any], Any], **kw: Any) -> Stage[Any, Any]:
 
 
 def filter(fn: Callable[[Any], Any], **kw: Any) -> Stage[Any, Any]:
-    """``trioflow.filter(fn, **kw)`` with a span per predicate call on a sampled item; a kept
-    item continues its trace from the predicate's span, a dropped one's trace ends there.
-    The contract is ``trioflow.filter``'s."""
-    return ops.filter(_traced(fn, kw, "filter", _advance), **kw)
+    """``trioflow.filter(fn, **kw)`` with a span per predicate call on a sampled item, a child
+    of the item's previous span; a kept item's next span is that span's child too (the
+    predicate's span is a leaf), a dropped item's trace ends there. The contract is
+    ``trioflow.filter``'s."""
+    return ops.filter(_traced(fn, kw, "filter", _leaf), **kw)
 
 
 def tap(fn: Callable[[Any], Any], **kw: Any) -> Stage[Any, Any]:
-    """``trioflow.tap(fn, **kw)`` with a span per call on a sampled item; the item (in its
-    envelope) is handed on as it came. The contract is ``trioflow.tap``'s."""
-    return ops.tap(_traced(fn, kw, "tap", _advance), **kw)
+    """``trioflow.tap(fn, **kw)`` with a span per call on a sampled item (a leaf, like a
+    filter's); the item (in its envelope) is handed on as it came. The contract is
+    ``trioflow.tap``'s."""
+    return ops.tap(_traced(fn, kw, "tap", _leaf), **kw)
 
 
 def sink(fn: Callable[[Any], Any], **kw: Any) -> Any:
     """``trioflow.sink(fn, **kw)`` with a span per call on a sampled item: the last span of
     its trace. The contract is ``trioflow.sink``'s."""
-    return ops.sink(_traced(fn, kw, "sink", _advance), **kw)
+    return ops.sink(_traced(fn, kw, "sink", _leaf), **kw)
 
 
 def flat_map(fn: Callable[[Any], Any], **kw: Any) -> Stage[Any, Any]:
