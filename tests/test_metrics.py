@@ -82,26 +82,37 @@ async def test_scrape_a_blocked_run_over_http_then_the_endpoint_stops_with_the_r
         assert content_type.startswith("text/plain; version=0.0.4")
         smp = samples(text)
 
-        # the run is blocked, so the scrape saw exactly the snapshot taken before it
+        # The run is blocked, so the scrape saw exactly the snapshot taken before it. How
+        # far the source got depends on its chunk sizes (they adapt to the time a chunk
+        # takes), so the counts are checked against the snapshot and against each other.
         src, inc, out = stats.stage("src"), stats.stage("inc"), stats.stage("out")
-        assert value(smp, "trioflow_stage_items_total", stage="src", direction="out") == src.items_out == 20
-        assert value(smp, "trioflow_stage_items_total", stage="inc", direction="in") == inc.items_in == 20
-        # 3, 10, 17 failed among the first 20 and were skipped
-        assert value(smp, "trioflow_stage_items_total", stage="inc", direction="out") == 17
-        assert value(smp, "trioflow_stage_errors_total", stage="inc") == 3
-        assert value(smp, "trioflow_stage_skipped_total", stage="inc") == 3
+        n = src.items_out
+        failed = len([x for x in range(n) if x % 7 == 3])  # 3, 10, 17 ... raised and were skipped
+        assert n >= 7 and failed >= 1
+        assert value(smp, "trioflow_stage_items_total", stage="src", direction="out") == n
+        assert value(smp, "trioflow_stage_items_total", stage="src", direction="in") == src.items_in
+        assert value(smp, "trioflow_stage_items_total", stage="inc", direction="in") == inc.items_in == n
+        assert value(smp, "trioflow_stage_items_total", stage="inc", direction="out") == inc.items_out
+        assert inc.items_out == n - failed
+        assert value(smp, "trioflow_stage_errors_total", stage="inc") == failed
+        assert value(smp, "trioflow_stage_skipped_total", stage="inc") == failed
         assert value(smp, "trioflow_stage_errors_total", stage="out") == 0
-        assert value(smp, "trioflow_stage_items_total", stage="out", direction="in") == out.items_in == 4
-        assert value(smp, "trioflow_stage_in_flight", stage="out") == 1
+        assert value(smp, "trioflow_stage_items_total", stage="out", direction="in") == out.items_in
+        assert out.items_in >= 1
+        assert value(smp, "trioflow_stage_items_total", stage="out", direction="out") == 0
+        assert value(smp, "trioflow_stage_in_flight", stage="out") == 1  # waiting for release
         assert value(smp, "trioflow_stage_dead_letters_total", stage="inc") == 0
         assert value(smp, "trioflow_stage_info", stage="inc", operator="map", lifecycle="continuous",
                      segment="0") == 1
         (edge,) = stats.edges
-        # chunks of 5 less the skipped items: 5, 4, 4 on the edge (13), the sink took 4
-        assert value(smp, "trioflow_edge_depth", edge=edge.name) == edge.depth == 9
-        assert value(smp, "trioflow_edge_peak", edge=edge.name) == edge.peak == 9
+        assert value(smp, "trioflow_edge_depth", edge=edge.name) == edge.depth
+        assert value(smp, "trioflow_edge_peak", edge=edge.name) == edge.peak >= edge.depth
         assert value(smp, "trioflow_edge_capacity", edge=edge.name) == 10
-        assert value(smp, "trioflow_edge_items_total", edge=edge.name) == edge.total == 13
+        assert value(smp, "trioflow_edge_items_total", edge=edge.name) == edge.total
+        # what the edge accepted is either queued on it or taken by the sink
+        assert edge.total == edge.depth + out.items_in
+        # the source is blocked because the edge is (nearly) full: the next chunk does not fit
+        assert edge.depth > 10 - 5
         assert value(smp, "trioflow_run_state", trioflow_run_state="running") == 1
         assert value(smp, "trioflow_run_state", trioflow_run_state="completed") == 0
 
