@@ -7,7 +7,8 @@
 (log scale), with the spread of the repetitions (min to max) as a line; and ``targets.png``:
 every goal's measured ratio against its limit. Each figure names the run it comes from
 (date, git revision, CPU), so a figure from an older run stays recognisable. Only the
-workloads in the file are redrawn: ``--only linear`` refreshes ``linear.png`` alone.
+workloads in the file are redrawn: ``--only linear`` refreshes ``linear.png`` alone; the
+results of a ``--quick`` run are not drawn (unless ``--quick-ok``).
 """
 
 from __future__ import annotations
@@ -115,10 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("results", type=Path, nargs="?", default=RESULTS)
     parser.add_argument("--out", type=Path, default=OUT, help=f"folder for the PNGs (default {OUT})")
+    parser.add_argument("--quick-ok", action="store_true",
+                        help="draw a --quick run's results too (by default they are not drawn)")
     args = parser.parse_args(argv)
     data = json.loads(args.results.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     machine, workloads = data["machine"], data["workloads"]
+    if machine.get("quick") and not args.quick_ok:
+        print(f"{args.results} is from a --quick run (figures not representative): no plot redrawn "
+              "(--quick-ok draws it anyway)")
+        return 0
     for name, record in workloads.items():
         print(f"wrote {plot_workload(name, record, machine, args.out)}")
     if machine.get("quick") or len(workloads) < 2:
