@@ -40,8 +40,8 @@ class Child:
     """A process whose stdout is read line by line in a thread, so a test can wait for a
     line with a deadline; stderr is collected whole."""
 
-    def __init__(self, cmd: list[str], *, new_session: bool = False) -> None:
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    def __init__(self, cmd: list[str], *, new_session: bool = False, cwd: Path = ROOT) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=new_session)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
