@@ -93,8 +93,9 @@ def dashboard_view(sample: Sample, segments: Mapping[int, tuple[list[int], list[
     slow = bottleneck(stats, segments)
     stages = Table(title=f"trioflow: {stats.state.value}, {sample.elapsed:.1f} s", title_justify="left",
                    expand=False)
-    for col in ("stage", "lifecycle"):
-        stages.add_column(col)
+    # names are never cut short: on a narrow terminal the numbers give way first
+    stages.add_column("stage", no_wrap=True, min_width=max((len(s.name) for s in stats.stages), default=5))
+    stages.add_column("lifecycle")
     for col in ("in", "out", "rate/s", "in flight", "errors", "retries", "restarts", "dead letters"):
         stages.add_column(col, justify="right")
     stages.add_column("")
@@ -109,7 +110,7 @@ def dashboard_view(sample: Sample, segments: Mapping[int, tuple[list[int], list[
     parts: list[Any] = [stages]
     if stats.edges:
         edges = Table(expand=False)
-        edges.add_column("edge")
+        edges.add_column("edge", no_wrap=True, min_width=max(len(e.name) for e in stats.edges))
         for col in ("depth", "capacity", "peak", "total", "dropped"):
             edges.add_column(col, justify="right")
         for e in stats.edges:
