@@ -63,6 +63,35 @@ async def trioflow_reduce(n: int) -> int:
     ).run()
 
 
+async def trioflow_dashboard(n: int) -> int:
+    """``trioflow_sink`` watched by the live dashboard (``trioflow.display.dashboard``) drawing
+    on a terminal console (into memory) at its default 2 Hz: what being watched costs."""
+    import io
+
+    from rich.console import Console
+
+    from trioflow.display import dashboard
+
+    total = 0
+
+    def add(x: int) -> None:
+        nonlocal total
+        total += x
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    pipeline = (
+        tf.from_iterable(range(n))
+        | tf.map(lambda x: x + 1)
+        | tf.filter(lambda x: x % 2 == 0)
+        | tf.map(lambda x: x * 2)
+        | tf.sink(add)
+    )
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(pipeline.run)
+        await dashboard(handle, console=console)
+    return total
+
+
 # -- references ------------------------------------------------------------------------------
 
 
@@ -152,6 +181,8 @@ def workload(n: int, reps: int) -> Workload:
                     "hand-written Trio, all steps in one task", n),
             Variant("trioflow", trioflow_sink,
                     "from_iterable | map | filter | map | sink, lambdas", n),
+            Variant("trioflow_dashboard", trioflow_dashboard,
+                    "same, watched by the live dashboard (2 Hz, into memory)", n),
             Variant("trioflow_reduce", trioflow_reduce,
                     "same, ending in reduce(operator.add, 0)", n),
             Variant("trio_task_per_stage", trio_task_per_stage,
@@ -161,8 +192,34 @@ def workload(n: int, reps: int) -> Workload:
         targets=[
             Target("trioflow time / generator time", "trioflow", "generator",
                    limit=3.0, at_most=True),
+            # reported, no goal: at this size (tens of ms) the dashboard's last frame, drawn
+            # once after the run ended, is most of the difference; see linear_watched
+            Target("dashboard on / off (time; includes drawing the last frame)",
+                   "trioflow_dashboard", "trioflow", limit=None, at_most=True, fmt="{:.3f}x"),
             Target("task-per-stage time / trioflow time (speed-up)", "trio_task_per_stage",
                    "trioflow", limit=45.0, at_most=False, fmt="{:.0f}x"),
         ],
         notes=[] if peers.HAVE_AIOSTREAM else [peers.MISSING_NOTE],
+    )
+
+
+def watched_workload(n: int, reps: int) -> Workload:
+    """The trioflow variant of ``linear`` on a run long enough (about a second) for the
+    dashboard to draw several frames while it goes: on against off, in one run."""
+    return Workload(
+        name="linear_watched",
+        title=f"{n:,} ints, linear, with the live dashboard on and off",
+        baseline="trioflow",
+        expected=expected_sum(n),
+        reps=reps,
+        variants=[
+            Variant("trioflow", trioflow_sink,
+                    "from_iterable | map | filter | map | sink, lambdas", n),
+            Variant("trioflow_dashboard", trioflow_dashboard,
+                    "same, watched by the live dashboard (2 Hz, into memory)", n),
+        ],
+        targets=[
+            Target("dashboard on / off (time)", "trioflow_dashboard", "trioflow",
+                   limit=1.05, at_most=True, fmt="{:.3f}x"),
+        ],
     )

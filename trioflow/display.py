@@ -3,7 +3,8 @@ bars and a dashboard of every stage and edge.
 
 Needs the ``rich`` extra (``pip install 'trioflow[rich]'``); ``import trioflow`` never
 imports rich, only this module does. Both displays read the run's ``statistics()``
-snapshots on their own timer (``interval``, 4 Hz by default), never in the run's hot path,
+snapshots on their own timer (``interval``: 4 Hz for progress, 2 Hz for the dashboard by
+default), never in the run's hot path,
 and redraw from the Trio thread (no refresh thread). On a console that is not a terminal
 they draw nothing while the run goes.
 
@@ -20,7 +21,7 @@ cancelling one does not affect the run. ``run(progress=True)`` shows ``progress`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 try:
@@ -36,6 +37,12 @@ from ._runtime import RunHandle
 from ._watch import DEFAULT_INTERVAL, Sample, bottleneck, edges_of, eta, source_totals, summary, watch
 
 __all__ = ["dashboard", "dashboard_view", "progress"]
+
+
+def _redraw(sample: Sample) -> bool:
+    """Whether to draw ``sample`` now: not the first one (a run that ends within the first
+    interval is drawn once, at its end), nor the final one (leaving the ``Live`` draws it)."""
+    return sample.elapsed > 0 and not sample.final
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -71,7 +78,8 @@ async def progress(
                 tasks[name] = bars.add_task(name, total=total, completed=done, detail=detail)
             else:
                 bars.update(tasks[name], completed=done, detail=detail)
-        bars.refresh()
+        if _redraw(sample):
+            bars.refresh()
 
     if live:
         with bars:
@@ -85,38 +93,48 @@ async def progress(
 # -- dashboard ---------------------------------------------------------------------------------
 
 
+_STAGE_COLUMNS = ("stage", "lifecycle", "in", "out", "rate/s", "in flight", "errors", "retries",
+                  "restarts", "dead letters", "")
+_EDGE_COLUMNS = ("edge", "depth", "capacity", "peak", "total", "dropped")
+_TEXT_COLUMNS = frozenset({"stage", "lifecycle", "edge", ""})
+
+
+def _table(header: Sequence[str], rows: Sequence[tuple[Sequence[str], str | None]],
+           title: str | None = None) -> Table:
+    """A table whose columns get their width from their cells here, so rich need not
+    measure every cell at every frame (what makes a frame cheap); names left-aligned,
+    counts right-aligned."""
+    table = Table(title=title, title_justify="left", expand=False)
+    for i, col in enumerate(header):
+        width = max([len(col), *(len(cells[i]) for cells, _ in rows)])
+        table.add_column(col, width=width, no_wrap=True, justify="left" if col in _TEXT_COLUMNS else "right")
+    for cells, style in rows:
+        table.add_row(*cells, style=style)
+    return table
+
+
 def dashboard_view(sample: Sample, segments: Mapping[int, tuple[list[int], list[int]]],
                    caption: str | None = None) -> Group:
     """The dashboard of one sample: a stage table, an edge table, and ``caption``.
     ``segments`` maps each segment to its input and output edges (``handle.plan``)."""
     stats = sample.statistics
     slow = bottleneck(stats, segments)
-    stages = Table(title=f"trioflow: {stats.state.value}, {sample.elapsed:.1f} s", title_justify="left",
-                   expand=False)
-    # names are never cut short: on a narrow terminal the numbers give way first
-    stages.add_column("stage", no_wrap=True, min_width=max((len(s.name) for s in stats.stages), default=5))
-    stages.add_column("lifecycle")
-    for col in ("in", "out", "rate/s", "in flight", "errors", "retries", "restarts", "dead letters"):
-        stages.add_column(col, justify="right")
-    stages.add_column("")
-    for s in stats.stages:
-        stages.add_row(
-            s.name, s.lifecycle.value, f"{s.items_in:,}", f"{s.items_out:,}",
-            f"{sample.rates.get(s.name, 0.0):,.0f}", str(s.in_flight), str(s.errors), str(s.retries),
-            str(s.restarts), str(s.dead_lettered),
-            "<- slowest" if s.name == slow else "",
-            style="bold red" if s.name == slow else None,
-        )
-    parts: list[Any] = [stages]
+    stage_rows = [
+        ((s.name, s.lifecycle.value, f"{s.items_in:,}", f"{s.items_out:,}",
+          f"{sample.rates.get(s.name, 0.0):,.0f}", str(s.in_flight), str(s.errors), str(s.retries),
+          str(s.restarts), str(s.dead_lettered), "<- slowest" if s.name == slow else ""),
+         "bold red" if s.name == slow else None)
+        for s in stats.stages
+    ]
+    parts: list[Any] = [_table(_STAGE_COLUMNS, stage_rows,
+                               title=f"trioflow: {stats.state.value}, {sample.elapsed:.1f} s")]
     if stats.edges:
-        edges = Table(expand=False)
-        edges.add_column("edge", no_wrap=True, min_width=max(len(e.name) for e in stats.edges))
-        for col in ("depth", "capacity", "peak", "total", "dropped"):
-            edges.add_column(col, justify="right")
-        for e in stats.edges:
-            edges.add_row(e.name, f"{e.depth:,}", "unbounded" if e.capacity is None else f"{e.capacity:,}",
-                          f"{e.peak:,}", f"{e.total:,}", f"{e.dropped:,}")
-        parts.append(edges)
+        edge_rows = [
+            ((e.name, f"{e.depth:,}", "unbounded" if e.capacity is None else f"{e.capacity:,}",
+              f"{e.peak:,}", f"{e.total:,}", f"{e.dropped:,}"), None)
+            for e in stats.edges
+        ]
+        parts.append(_table(_EDGE_COLUMNS, edge_rows))
     if slow is not None:
         parts.append(Text(f"slowest stage: {slow} (its input edge is full, its output empty)",
                           style="red"))
@@ -125,8 +143,13 @@ def dashboard_view(sample: Sample, segments: Mapping[int, tuple[list[int], list[
     return Group(*parts)
 
 
+#: How often the dashboard redraws by default, in seconds (2 Hz: a frame of its tables costs
+#: a few milliseconds of the Trio thread, and the run shares that thread).
+DASHBOARD_INTERVAL = 0.5
+
+
 async def dashboard(
-    handle: RunHandle[Any], *, console: Console | None = None, interval: float = DEFAULT_INTERVAL,
+    handle: RunHandle[Any], *, console: Console | None = None, interval: float = DASHBOARD_INTERVAL,
     caption: Callable[[], str] | None = None,
 ) -> Sample:
     """Show a live table of every stage and edge of the run until it ends; the last frame
@@ -140,6 +163,7 @@ async def dashboard(
     with Live(console=console, auto_refresh=False, transient=False) as live:
 
         def draw(sample: Sample) -> None:
-            live.update(dashboard_view(sample, segments, caption() if caption else None), refresh=True)
+            view = dashboard_view(sample, segments, caption() if caption else None)
+            live.update(view, refresh=_redraw(sample))
 
         return await watch(handle, draw, interval=interval)
