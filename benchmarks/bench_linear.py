@@ -11,6 +11,7 @@ hop (a scheduler pass) at every edge.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 import peers
 import trio
@@ -34,6 +35,17 @@ def expected_sum(n: int) -> int:
 # -- the trioflow way ----------------------------------------------------------------------
 
 
+def linear_pipeline(n: int, add: Callable[[int], None]) -> tf.Pipeline[None]:
+    """The pipeline as a user writes it: lambdas, and a sink that adds up."""
+    return (
+        tf.from_iterable(range(n))
+        | tf.map(lambda x: x + 1)
+        | tf.filter(lambda x: x % 2 == 0)
+        | tf.map(lambda x: x * 2)
+        | tf.sink(add)
+    )
+
+
 async def trioflow_sink(n: int) -> int:
     """The pipeline as a user writes it: lambdas, and a sink that adds up."""
     total = 0
@@ -42,13 +54,7 @@ async def trioflow_sink(n: int) -> int:
         nonlocal total
         total += x
 
-    await (
-        tf.from_iterable(range(n))
-        | tf.map(lambda x: x + 1)
-        | tf.filter(lambda x: x % 2 == 0)
-        | tf.map(lambda x: x * 2)
-        | tf.sink(add)
-    ).run()
+    await linear_pipeline(n, add).run()
     return total
 
 
@@ -79,13 +85,7 @@ async def trioflow_dashboard(n: int) -> int:
         total += x
 
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
-    pipeline = (
-        tf.from_iterable(range(n))
-        | tf.map(lambda x: x + 1)
-        | tf.filter(lambda x: x % 2 == 0)
-        | tf.map(lambda x: x * 2)
-        | tf.sink(add)
-    )
+    pipeline = linear_pipeline(n, add)
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(pipeline.run)
         await dashboard(handle, console=console)

@@ -39,6 +39,7 @@ from ._errors import (
     UnroutableError as UnroutableError,
 )
 from ._flow import Flow as Flow
+from ._render import GraphvizNotFound as GraphvizNotFound
 from ._flow import Pipeline as Pipeline
 from ._graph import Graph as Graph
 from ._graph import GraphResult as GraphResult
@@ -206,6 +207,7 @@ __all__ = [
     "Fail",
     "FirstK",
     "Flow",
+    "GraphvizNotFound",
     "Graph",
     "GraphResult",
     "Inline",
