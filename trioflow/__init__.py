@@ -39,7 +39,6 @@ from ._errors import (
     UnroutableError as UnroutableError,
 )
 from ._flow import Flow as Flow
-from ._render import GraphvizNotFound as GraphvizNotFound
 from ._flow import Pipeline as Pipeline
 from ._graph import Graph as Graph
 from ._graph import GraphResult as GraphResult
@@ -156,6 +155,7 @@ from ._policies import OnError as OnError
 from ._policies import Restart as Restart
 from ._policies import Retry as Retry
 from ._policies import Skip as Skip
+from ._render import GraphvizNotFound as GraphvizNotFound
 from ._report import RunReport as RunReport
 from ._runtime import Emit as Emit
 from ._runtime import ItemStream as ItemStream

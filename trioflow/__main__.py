@@ -117,8 +117,10 @@ def run(target: str, show_progress: bool, show_dashboard: bool, metrics_port: in
 
     MODULE is imported as `python -m` would (the current directory first). The first
     Ctrl-C (or SIGTERM) drains the run: the sources stop, what they handed over finishes;
-    a second one aborts it. Prints how the run ended and the final statistics. Exit code
-    0 when it completed (or drained), 130 when aborted, 1 when it failed.
+    a second one aborts it. Prints how the run ended and the final statistics (the
+    summary line with --progress, the last frame with --dashboard), then the result if
+    there is one. Exit code 0 when it completed (or drained), 130 when aborted, 1 when it
+    failed.
     """
     if show_progress and show_dashboard:
         raise click.UsageError("--progress and --dashboard draw on the same screen: choose one")
@@ -141,8 +143,10 @@ def _need_rich(option: str) -> None:
 
 
 def _metrics_hook() -> Any:
-    """``trioflow.metrics.serve`` (an async function ``serve(handle, port)`` run beside the
-    run and cancelled once it has ended), or a usage error saying what to install."""
+    """``trioflow.metrics.serve``, or a usage error saying what to install. The contract:
+    ``serve(handle, port)`` is an async function that serves the run's metrics on
+    127.0.0.1:``port`` until cancelled; it runs as a task beside the run and is cancelled
+    once the run has ended."""
     try:
         found = importlib.util.find_spec("trioflow.metrics") is not None
     except ImportError:
@@ -192,7 +196,9 @@ async def _run(target: str, obj: Any, show_progress: bool, show_dashboard: bool,
         click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
         return EXIT_FAILED
     stats = handle.statistics()
-    if not show_progress:
+    if show_dashboard and sys.stdout.isatty():
+        click.echo(f"state: {stats.state.value}")  # the dashboard's last frame shows the rest
+    elif not show_progress:
         click.echo(stats.table())
     if stats.state is RunState.COMPLETED:
         result = handle.result()
