@@ -12,7 +12,7 @@ asserted: a missed target is reported, not raised. See ``docs/benchmarks.md``.
 Workloads (each in its own module, which also shows how to write the trioflow version):
 
 * ``linear`` (bench_linear.py): cheap synchronous steps; framework cost per item.
-* ``linear_watched`` (bench_linear.py): the same on 10x the items, with the live dashboard
+* ``linear_watched`` (bench_linear.py): the same on 50x the items, with the live dashboard
   on against off (observation reads snapshots on its own timer: the goal is within 5%).
 * ``io_map`` (bench_io.py): async I/O calls with ``map(concurrency=64)``.
 * ``batch`` (bench_batch.py): ``batch(100)`` into a sink.
@@ -74,7 +74,7 @@ RESULTS = HERE / "results.json"
 #: name -> (full size, quick size, repetitions, quick repetitions, builder)
 WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] = {
     "linear": (200_000, 20_000, 5, 3, bench_linear.workload),
-    "linear_watched": (2_000_000, 200_000, 5, 3, bench_linear.watched_workload),
+    "linear_watched": (10_000_000, 1_000_000, 5, 3, bench_linear.watched_workload),
     "io_map": (2_000, 256, 11, 3, bench_io.workload),
     "batch": (200_000, 20_000, 7, 3, bench_batch.workload),
     "fanout": (100_000, 10_000, 5, 3, bench_fanout.workload),

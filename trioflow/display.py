@@ -4,9 +4,8 @@ bars and a dashboard of every stage and edge.
 Needs the ``rich`` extra (``pip install 'trioflow[rich]'``); ``import trioflow`` never
 imports rich, only this module does. Both displays read the run's ``statistics()``
 snapshots on their own timer (``interval``: 4 Hz for progress, 2 Hz for the dashboard by
-default), never in the run's hot path,
-and redraw from the Trio thread (no refresh thread). On a console that is not a terminal
-they draw nothing while the run goes.
+default), never in the run's hot path, and redraw from the Trio thread (no refresh
+thread). On a console that is not a terminal they draw nothing while the run goes.
 
 * ``await progress(handle)``: a bar per source, with the fraction done and the time left
   when the source's total is known (``len()`` of a sized iterable, or ``total=``), else
