@@ -109,6 +109,19 @@ async def test_total_given_to_a_source_makes_a_bar_with_fraction(
     assert "50/50  100%" in console.export_text()
 
 
+async def test_progress_of_a_graph_has_a_bar_per_source(autojump_clock: trio.testing.MockClock) -> None:
+    graph = tf.Graph()
+    merged = graph.merge(graph.add(tf.from_iterable(range(40), name="left")), graph.add(ticks(30)))
+    graph.add(tf.to_list(name="all"), merged)
+    console = terminal()
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(graph.run)
+        await display.progress(handle, console=console)
+    text = console.export_text()
+    assert "40/40  100%" in text and "30 items" in text
+    assert text.rstrip().splitlines()[-1] == "completed in 0.30 s: left 40 items (133/s), ticks 30 items (100/s)"
+
+
 def test_total_is_checked_at_definition() -> None:
     with pytest.raises(tf.DefinitionValueError, match="total"):
         tf.from_iterable([1], total=-1)
@@ -180,6 +193,8 @@ async def test_dashboard_draws_every_stage_and_edge_and_marks_the_slowest(
         # chunks of one item: the source refills the writer's input as soon as it has room
         handle = await nursery.start(functools.partial(pipeline.run, chunk_size=1))
         segments = {s.index: (list(s.inputs), list(s.output.edges)) for s in handle.plan.segments}
+        # the statistics' edges are the plan's, index for index
+        assert [e.name for e in handle.statistics().edges] == [e.name for e in handle.plan.edges]
 
         def keep(sample: Sample) -> None:  # the same view, rendered by a second console
             view = terminal()
