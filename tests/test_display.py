@@ -119,7 +119,8 @@ async def test_progress_of_a_graph_has_a_bar_per_source(autojump_clock: trio.tes
         await display.progress(handle, console=console)
     text = console.export_text()
     assert "40/40  100%" in text and "30 items" in text
-    assert text.rstrip().splitlines()[-1] == "completed in 0.30 s: left 40 items (133/s), ticks 30 items (100/s)"
+    assert text.rstrip().splitlines()[-1] == (
+        "completed in 0.30 s: left 40 items (133/s), ticks 30 items (100/s)")
 
 
 def test_total_is_checked_at_definition() -> None:
