@@ -84,7 +84,7 @@ def demo(session: nox.Session) -> None:
     its built-in load generator (extra args go to the example, e.g. ``--demo 50000``)."""
     import tempfile
 
-    session.install("-e", ".")
+    session.install("-e", ".[rich]")  # rich: the live dashboard, when run in a terminal
     db = Path(tempfile.mkdtemp(prefix="trioflow-demo-")) / "readings.db"
     args = session.posargs or ["--demo", "200000"]
     # on Ctrl-C nox would SIGTERM the demo after 0.3 s (which aborts a drain): let the demo

@@ -16,7 +16,7 @@ from typing import Any
 
 import peers
 import trio
-from harness import Target, Variant, Workload
+from harness import Limit, Target, Variant, Workload
 from trio.lowlevel import checkpoint
 
 import trioflow as tf
@@ -36,6 +36,17 @@ def expected_sum(n: int) -> int:
 # -- the trioflow way ----------------------------------------------------------------------
 
 
+def linear_pipeline(n: int, add: Callable[[int], None]) -> tf.Pipeline[None]:
+    """The pipeline as a user writes it: lambdas, and a sink that adds up."""
+    return (
+        tf.from_iterable(range(n))
+        | tf.map(lambda x: x + 1)
+        | tf.filter(lambda x: x % 2 == 0)
+        | tf.map(lambda x: x * 2)
+        | tf.sink(add)
+    )
+
+
 async def trioflow_sink(n: int) -> int:
     """The pipeline as a user writes it: lambdas, and a sink that adds up."""
     total = 0
@@ -44,13 +55,7 @@ async def trioflow_sink(n: int) -> int:
         nonlocal total
         total += x
 
-    await (
-        tf.from_iterable(range(n))
-        | tf.map(lambda x: x + 1)
-        | tf.filter(lambda x: x % 2 == 0)
-        | tf.map(lambda x: x * 2)
-        | tf.sink(add)
-    ).run()
+    await linear_pipeline(n, add).run()
     return total
 
 
@@ -149,6 +154,29 @@ async def trioflow_reduce(n: int) -> int:
     ).run()
 
 
+async def trioflow_dashboard(n: int) -> int:
+    """``trioflow_sink`` watched by the live dashboard (``trioflow.display.dashboard``) drawing
+    on a terminal console (into memory) at its default 2 Hz: what being watched costs."""
+    import io
+
+    from rich.console import Console
+
+    from trioflow.display import dashboard
+
+    total = 0
+
+    def add(x: int) -> None:
+        nonlocal total
+        total += x
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    pipeline = linear_pipeline(n, add)
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(pipeline.run)
+        await dashboard(handle, console=console)
+    return total
+
+
 # -- references ------------------------------------------------------------------------------
 
 
@@ -238,6 +266,8 @@ def workload(n: int, reps: int) -> Workload:
                     "hand-written Trio, all steps in one task", n),
             Variant("trioflow", trioflow_sink,
                     "from_iterable | map | filter | map | sink, lambdas", n),
+            Variant("trioflow_dashboard", trioflow_dashboard,
+                    "same, watched by the live dashboard (2 Hz, into memory)", n),
             Variant("trioflow_reduce", trioflow_reduce,
                     "same, ending in reduce(operator.add, 0)", n),
             Variant("trio_task_per_stage", trio_task_per_stage,
@@ -247,6 +277,10 @@ def workload(n: int, reps: int) -> Workload:
         targets=[
             Target("trioflow time / generator time", "trioflow", "generator",
                    limit=3.0, at_most=True),
+            # reported, no goal: at this size (tens of ms) the dashboard's last frame, drawn
+            # once after the run ended, is most of the difference; see linear_watched
+            Target("dashboard on / off (time; includes drawing the last frame)",
+                   "trioflow_dashboard", "trioflow", limit=None, at_most=True, fmt="{:.3f}x"),
             Target("task-per-stage time / trioflow time (speed-up)", "trio_task_per_stage",
                    "trioflow", limit=45.0, at_most=False, fmt="{:.0f}x"),
         ],
@@ -277,3 +311,57 @@ def metrics_workload(n: int, reps: int) -> Workload:
                    "trioflow", limit=None, at_most=True),
         ],
     )
+
+def watched_workload(n: int, reps: int) -> Workload:
+    """The trioflow variant of ``linear`` on a run long enough (a few seconds) for the
+    dashboard to draw several frames while it goes: on against off, in one run."""
+    return Workload(
+        name="linear_watched",
+        title=f"{n:,} ints, linear, with the live dashboard on and off",
+        baseline="trioflow",
+        expected=expected_sum(n),
+        reps=reps,
+        variants=[
+            Variant("trioflow", trioflow_sink,
+                    "from_iterable | map | filter | map | sink, lambdas", n),
+            Variant("trioflow_dashboard", trioflow_dashboard,
+                    "same, watched by the live dashboard (2 Hz, into memory)", n),
+        ],
+        targets=[
+            Target("dashboard on / off (time)", "trioflow_dashboard", "trioflow",
+                   limit=1.05, at_most=True, fmt="{:.3f}x"),
+        ],
+        measure=lambda: drawing_share(n),
+        limits=[Limit("time drawing frames / run time (dashboard on)", "drawing_share", 0.05,
+                      at_most=True, fmt="{:.1%}")],
+    )
+
+
+def drawing_share(n: int) -> dict[str, float]:
+    """One more run with the dashboard on, timing every frame it draws (rich's
+    ``Live.refresh``, wrapped for this pass only): the share of the run's time the Trio
+    thread spent drawing. Unlike the on/off ratio, it does not move with the machine's
+    other load, which on a shared machine is larger than the effect measured."""
+    import time
+
+    from rich.live import Live
+
+    spent = 0.0
+    frames = 0
+    refresh = Live.refresh
+
+    def timed_refresh(self: Live) -> None:
+        nonlocal spent, frames
+        start = time.perf_counter()
+        refresh(self)
+        spent += time.perf_counter() - start
+        frames += 1
+
+    Live.refresh = timed_refresh  # type: ignore[method-assign]
+    try:
+        start = time.perf_counter()
+        trio.run(trioflow_dashboard, n)
+        elapsed = time.perf_counter() - start
+    finally:
+        Live.refresh = refresh  # type: ignore[method-assign]
+    return {"drawing_share": spent / elapsed, "frames": frames}

@@ -15,6 +15,8 @@ Workloads (each in its own module, which also shows how to write the trioflow ve
 * ``linear_metrics`` (bench_linear.py): the same pipeline over 2,000,000 items with the
   Prometheus endpoint of ``trioflow.metrics`` on and scraped at 5 Hz, against off; and with
   every stage from ``trioflow.otel`` sampling nothing, against plain stages.
+* ``linear_watched`` (bench_linear.py): the same on 50x the items, with the live dashboard
+  on against off (observation reads snapshots on its own timer: the goal is within 5%).
 * ``io_map`` (bench_io.py): async I/O calls with ``map(concurrency=64)``.
 * ``batch`` (bench_batch.py): ``batch(100)`` into a sink.
 * ``fanout`` (bench_fanout.py): a Graph, broadcast to three ``map`` branches merged into a sum;
@@ -80,6 +82,7 @@ WORKLOADS: dict[str, tuple[int, int, int, int, Callable[[int, int], Workload]]] 
     "linear": (200_000, 20_000, 5, 3, bench_linear.workload),
     # long enough (about 1 s) for a few scrapes at 5 Hz
     "linear_metrics": (2_000_000, 200_000, 9, 3, bench_linear.metrics_workload),
+    "linear_watched": (10_000_000, 1_000_000, 5, 3, bench_linear.watched_workload),
     "io_map": (2_000, 256, 11, 3, bench_io.workload),
     "batch": (200_000, 20_000, 7, 3, bench_batch.workload),
     "fanout": (100_000, 10_000, 5, 3, bench_fanout.workload),

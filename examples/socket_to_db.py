@@ -18,8 +18,10 @@ reply, close the connections gracefully, exit 0. A second signal aborts (exit 13
 
 ``--demo RECORDS`` (what ``python3 dev.py demo`` runs) also starts a load generator in the
 same process: tens of connections send RECORDS readings, a few percent of them malformed,
-and read their replies; the progress is shown as it goes, then the run is drained and a
-summary (records/s, committed, rejected) and a query of the table are printed.
+and read their replies; the progress is shown as it goes (in a terminal, with the ``rich``
+extra, as trioflow's live dashboard: every stage and edge, the slowest marked; else as
+plain lines), then the run is drained and a summary (records/s, committed, rejected) and
+a query of the table are printed.
 
 The guarantee: a record answered ``ok`` is in the database, even after SIGKILL (a reply is
 written only after the batch that holds the record committed; see
@@ -29,6 +31,7 @@ docs/socket-to-database.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -113,9 +116,15 @@ async def serve(host: str, port: int, db: str, max_line: int, demo: int = 0) -> 
         if not demo:
             handle = await tf.run_until_signal(flow)
             return handle.state
+        tally = Tally()
         async with trio.open_nursery() as nursery:
             handle = await nursery.start(tf.run_until_signal, flow)
-            tally = await load(host, servers[0].port, demo, handle)
+            live = sys.stdout.isatty() and dashboard_available()
+            if live:  # a terminal: the live table of every stage; else plain progress lines
+                from trioflow.display import dashboard
+
+                nursery.start_soon(functools.partial(dashboard, handle, caption=tally.line))
+            await load(host, servers[0].port, demo, handle, tally, lines=not live)
     report(db, tally)
     return handle.state
 
@@ -132,13 +141,26 @@ class Tally:
         self.started = trio.current_time()
         self.elapsed = 0.0
 
+    def line(self) -> str:
+        rate = self.ok / max(trio.current_time() - self.started, 1e-9)
+        return (f"sent {self.sent:>8,}  committed {self.ok:>8,}  rejected {self.err:>6,}"
+                f"  ({rate:,.0f} records/s)")
 
-async def load(host: str, port: int, records: int, handle: tf.RunHandle[Any]) -> Tally:
+
+def dashboard_available() -> bool:
+    """Whether trioflow's live dashboard can be drawn (the ``rich`` extra is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("rich") is not None
+
+
+async def load(host: str, port: int, records: int, handle: tf.RunHandle[Any], tally: Tally,
+               *, lines: bool = True) -> Tally:
     """``records`` lines over ``CONNECTIONS`` connections (about 3% malformed), each client
-    reading its replies while it sends; progress twice a second; then a drain."""
+    reading its replies while it sends; with ``lines``, progress twice a second (else the
+    dashboard shows it); then a drain."""
     import random
 
-    tally = Tally()
     rng = random.Random(7)
 
     async def client(c: int) -> None:
@@ -173,16 +195,15 @@ async def load(host: str, port: int, records: int, handle: tf.RunHandle[Any]) ->
         while not done.is_set():
             with trio.move_on_after(0.5):
                 await done.wait()
-            rate = tally.ok / max(trio.current_time() - tally.started, 1e-9)
-            line = (f"sent {tally.sent:>8,}  committed {tally.ok:>8,}  rejected {tally.err:>6,}"
-                    f"  ({rate:,.0f} records/s)")
+            line = tally.line()
             print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
         if tty:
             print(flush=True)
 
     done = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(progress, done)
+        if lines:
+            nursery.start_soon(progress, done)
         async with trio.open_nursery() as clients:
             for c in range(CONNECTIONS):
                 clients.start_soon(client, c)

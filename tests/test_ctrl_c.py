@@ -40,8 +40,8 @@ class Child:
     """A process whose stdout is read line by line in a thread, so a test can wait for a
     line with a deadline; stderr is collected whole."""
 
-    def __init__(self, cmd: list[str], *, new_session: bool = False) -> None:
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    def __init__(self, cmd: list[str], *, new_session: bool = False, cwd: Path = ROOT) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=new_session)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -234,45 +234,58 @@ def test_dev_py_without_ctrl_c_passes_the_childs_code_through() -> None:
 # -- a real terminal ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_ctrl_c_in_a_terminal_drains_the_demo_under_dev_py(tmp_path: Path) -> None:
-    """Ctrl-C typed into a terminal (tmux) running the demo through dev.py's ``run``: the
-    demo drains and prints its statistics, dev.py waits for it and exits 130, no traceback."""
-    socket = str(tmp_path / "tmux.sock")
-    conf = tmp_path / "tmux.conf"
-    conf.write_text("set -g remain-on-exit on\nset -g history-limit 10000\n")
-    command = shlex.join(dev_running([*DEMO, "--forever"]))
+class Tmux:
+    """A tmux server of its own (its socket in ``tmp_path``) running one command in a
+    terminal of 160 x 50; ``screen()`` is what the terminal shows (and its scrollback)."""
 
-    def tmux(*args: str) -> str:
-        return subprocess.run(["tmux", "-S", socket, *args], check=True, capture_output=True,
+    def __init__(self, tmp_path: Path, command: str, *, cwd: Path = ROOT) -> None:
+        self.socket = str(tmp_path / "tmux.sock")
+        conf = tmp_path / "tmux.conf"
+        conf.write_text("set -g remain-on-exit on\nset -g history-limit 10000\n")
+        self.tmux("-f", str(conf), "new-session", "-d", "-s", "demo", "-x", "160", "-y", "50", "-c",
+                  str(cwd), command)
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-S", self.socket, *args], check=True, capture_output=True,
                               text=True, timeout=PATIENCE).stdout
 
-    def screen() -> str:
-        return tmux("capture-pane", "-p", "-J", "-S", "-", "-E", "-", "-t", "demo")
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-J", "-S", "-", "-E", "-", "-t", "demo")
 
-    def pane() -> list[str]:  # ["0"] while the command runs, ["1", exit code] after
-        return tmux("display-message", "-p", "-t", "demo", "#{pane_dead} #{pane_dead_status}").split()
+    def pane(self) -> list[str]:  # ["0"] while the command runs, ["1", exit code] after
+        return self.tmux("display-message", "-p", "-t", "demo", "#{pane_dead} #{pane_dead_status}").split()
 
-    def wait_until(seen: str) -> str:
+    def wait_until(self, seen: str) -> str:
+        """The screen once it shows ``seen`` (or once the command has ended)."""
         deadline = time.monotonic() + PATIENCE
-        while seen not in (text := screen()) and pane() == ["0"]:
+        while seen not in (text := self.screen()) and self.pane() == ["0"]:
             if time.monotonic() > deadline:
                 pytest.fail(f"{seen!r} not seen within {PATIENCE} s:\n{text}")
             time.sleep(0.1)
         return text
 
-    tmux("-f", str(conf), "new-session", "-d", "-s", "demo", "-x", "160", "-y", "50", "-c", str(ROOT),
-         command)
-    try:
-        text = wait_until("running:")
-        assert pane() == ["0"], text  # running, not ended
-        tmux("send-keys", "-t", "demo", "C-c")
-        wait_until("dev: exit code")
+    def wait_for_exit(self) -> str:
         deadline = time.monotonic() + PATIENCE
-        while pane()[0] == "0":
-            assert time.monotonic() < deadline, f"still running: {screen()}"
+        while self.pane()[0] == "0":
+            assert time.monotonic() < deadline, f"still running: {self.screen()}"
             time.sleep(0.1)
-        text = screen()
+        return self.screen()
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=PATIENCE)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_ctrl_c_in_a_terminal_drains_the_demo_under_dev_py(tmp_path: Path) -> None:
+    """Ctrl-C typed into a terminal (tmux) running the demo through dev.py's ``run``: the
+    demo drains and prints its statistics, dev.py waits for it and exits 130, no traceback."""
+    term = Tmux(tmp_path, shlex.join(dev_running([*DEMO, "--forever"])))
+    try:
+        text = term.wait_until("running:")
+        assert term.pane() == ["0"], text  # running, not ended
+        term.tmux("send-keys", "-t", "demo", "C-c")
+        term.wait_until("dev: exit code")
+        text = term.wait_for_exit()
         # (the exit status is read from the wrapper's "dev: exit code" line: tmux 3.3 does not
         # always fill in #{pane_dead_status} when the terminal closes before the process is reaped)
         # the terminal echoes Ctrl-C as "^C" where the cursor was
@@ -284,4 +297,4 @@ def test_ctrl_c_in_a_terminal_drains_the_demo_under_dev_py(tmp_path: Path) -> No
         assert lines.index("dev: exit code 130") > lines.index("stage statistics:"), text
         assert "Traceback" not in text
     finally:
-        subprocess.run(["tmux", "-S", socket, "kill-server"], capture_output=True, timeout=PATIENCE)
+        term.close()

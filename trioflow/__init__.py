@@ -155,6 +155,7 @@ from ._policies import OnError as OnError
 from ._policies import Restart as Restart
 from ._policies import Retry as Retry
 from ._policies import Skip as Skip
+from ._render import GraphvizNotFound as GraphvizNotFound
 from ._report import RunReport as RunReport
 from ._runtime import Emit as Emit
 from ._runtime import ItemStream as ItemStream
@@ -225,6 +226,7 @@ __all__ = [
     "Fail",
     "FirstK",
     "Flow",
+    "GraphvizNotFound",
     "Graph",
     "GraphResult",
     "Inline",

@@ -83,11 +83,13 @@ class Flow(Generic[T]):
     @overload
     async def run(
         self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[False] = False,
+        progress: bool = ...,
         task_status: trio.TaskStatus[RunHandle[None]] = ...,
     ) -> None: ...
     @overload
     async def run(
         self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[True],
+        progress: bool = ...,
         task_status: trio.TaskStatus[RunHandle[None]] = ...,
     ) -> RunReport[None]: ...
     async def run(
@@ -96,6 +98,7 @@ class Flow(Generic[T]):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         buffer: int = DEFAULT_BUFFER,
         report: bool = False,
+        progress: bool = False,
         task_status: trio.TaskStatus[RunHandle[None]] = trio.TASK_STATUS_IGNORED,
     ) -> RunReport[None] | None:
         """Run the flow to completion, dropping its output.
@@ -104,10 +107,13 @@ class Flow(Generic[T]):
         is ready. Raises one ``ExceptionGroup`` of the stage errors if the run failed. On
         cancellation every task of the run is cancelled and resources are closed.
         ``report=True`` returns a ``RunReport`` instead, as ``Pipeline.run`` describes.
+        ``progress=True`` shows a progress bar per source while the run goes (when stdout
+        is a terminal) and prints a one-line summary at the end; it needs the ``rich``
+        extra (``trioflow.display.progress``).
         """
         _check_run_args(chunk_size, buffer)
         p = plan(self.source, self.stages, DiscardSink(), chunk_size=chunk_size, buffer=buffer)
-        return await run_to_completion(p, task_status, report=report)  # type: ignore[no-any-return]
+        return await run_to_completion(p, task_status, report=report, progress=progress)  # type: ignore[no-any-return]
 
     async def to_list(
         self, *, chunk_size: int = DEFAULT_CHUNK_SIZE, buffer: int = DEFAULT_BUFFER
@@ -199,11 +205,13 @@ class Pipeline(Generic[R]):
     @overload
     async def run(
         self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[False] = False,
+        progress: bool = ...,
         task_status: trio.TaskStatus[RunHandle[R]] = ...,
     ) -> R: ...
     @overload
     async def run(
         self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[True],
+        progress: bool = ...,
         task_status: trio.TaskStatus[RunHandle[R]] = ...,
     ) -> RunReport[R]: ...
     async def run(
@@ -212,6 +220,7 @@ class Pipeline(Generic[R]):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         buffer: int = DEFAULT_BUFFER,
         report: bool = False,
+        progress: bool = False,
         task_status: trio.TaskStatus[RunHandle[R]] = trio.TASK_STATUS_IGNORED,
     ) -> R | RunReport[R]:
         """Run to completion and return the sink's result (``None`` for ``sink(fn)``,
@@ -230,6 +239,9 @@ class Pipeline(Generic[R]):
         collected failures; fail-fast errors still raise as above, ``handle.cancel()``
         returns a report in state ``CANCELLED``, an outside cancellation still propagates.
         ``handle.report()`` reads the same report once the run has ended.
+        ``progress=True`` shows a progress bar per source while the run goes (when stdout
+        is a terminal) and prints a one-line summary at the end; it needs the ``rich``
+        extra (``trioflow.display.progress``).
         """
         p = self.plan(chunk_size=chunk_size, buffer=buffer)
-        return await run_to_completion(p, task_status, report=report)  # type: ignore[no-any-return]
+        return await run_to_completion(p, task_status, report=report, progress=progress)  # type: ignore[no-any-return]

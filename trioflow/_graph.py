@@ -305,11 +305,13 @@ class Graph:
     @overload
     async def run(
         self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[False] = False,
+        progress: bool = ...,
         task_status: trio.TaskStatus[RunHandle[GraphResult]] = ...,
     ) -> GraphResult: ...
     @overload
     async def run(
         self, *, chunk_size: int = ..., buffer: int = ..., report: Literal[True],
+        progress: bool = ...,
         task_status: trio.TaskStatus[RunHandle[GraphResult]] = ...,
     ) -> RunReport[GraphResult]: ...
     async def run(
@@ -318,6 +320,7 @@ class Graph:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         buffer: int = DEFAULT_BUFFER,
         report: bool = False,
+        progress: bool = False,
         task_status: trio.TaskStatus[RunHandle[GraphResult]] = trio.TASK_STATUS_IGNORED,
     ) -> GraphResult | RunReport[GraphResult]:
         """Run the graph to completion; returns every sink's result.
@@ -328,6 +331,9 @@ class Graph:
         return quietly with what the sinks hold. ``report=True`` returns a ``RunReport``
         whose ``result`` is the ``GraphResult``, and does not raise for failures collected
         by ``on_error=Collect()`` (see ``Pipeline.run``).
+        ``progress=True`` shows a progress bar per source while the run goes (when stdout
+        is a terminal) and prints a one-line summary at the end; it needs the ``rich``
+        extra (``trioflow.display.progress``).
         """
         p = self.plan(chunk_size=chunk_size, buffer=buffer)
         names = _sink_names(p, self._nodes)
@@ -335,7 +341,8 @@ class Graph:
         def result(runner: Runner) -> GraphResult:
             return GraphResult(runner.results(), names)
 
-        return await run_to_completion(p, task_status, report=report, result=result)  # type: ignore[no-any-return]
+        return await run_to_completion(  # type: ignore[no-any-return]
+            p, task_status, report=report, result=result, progress=progress)
 
 
 def _sink_names(p: Plan, nodes: list[GraphNode]) -> dict[int, str]:

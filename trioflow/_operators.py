@@ -107,8 +107,12 @@ def from_iterable(
     *,
     name: str | None = None,
     on_ack: Callable[[list[Ack]], object] | None = None,
+    total: int | None = None,
 ) -> Flow[T]:
     """A flow over a synchronous iterable (list, range, generator ...).
+
+    ``total=n`` tells progress displays (``run(progress=True)``) how many items to expect
+    when the iterable has no ``len()`` (a generator); a sized one needs none.
 
     ``on_ack=callback`` asks for acknowledgements: each item is its own token, and
     ``callback(acks)`` gets ``Ack(item, error)`` values once items are done (see
@@ -124,11 +128,15 @@ def from_iterable(
 
     Iteration runs on the Trio thread: an iterator that blocks blocks the run.
     """
-    return Flow(source=IterableSource(iterable=iterable, name=name, on_ack=on_ack))
+    return Flow(source=IterableSource(iterable=iterable, name=name, on_ack=on_ack, total=total))
 
 
-def from_async_iterable(iterable: AsyncIterable[T], *, name: str | None = None) -> Flow[T]:
+def from_async_iterable(
+    iterable: AsyncIterable[T], *, name: str | None = None, total: int | None = None
+) -> Flow[T]:
     """A flow over an async iterable (an async generator, a stream object ...).
+
+    ``total=n``: how many items to expect, for progress displays (``run(progress=True)``).
 
     * emits: each item as soon as the iterator yields it;
     * backpressure: the iterator is not advanced while the next edge is full;
@@ -137,7 +145,7 @@ def from_async_iterable(iterable: AsyncIterable[T], *, name: str | None = None) 
     * cancelled: by the run's cancellation or when downstream stops;
     * on error: an exception from the iterator fails the run.
     """
-    return Flow(source=AsyncIterableSource(iterable=iterable, name=name))
+    return Flow(source=AsyncIterableSource(iterable=iterable, name=name, total=total))
 
 
 def from_channel(channel: trio.abc.ReceiveChannel[T], *, name: str | None = None) -> Flow[T]:
@@ -174,8 +182,12 @@ def source(
     name: str | None = None,
     restart: Restart | None = None,
     on_ack: Callable[[list[Ack]], object] | None = None,
+    total: int | None = None,
 ) -> Flow[Any]:
     """A continuous source from an async function ``fn(emit)`` that produces items.
+
+    ``total=n``: how many items ``fn`` will emit, for progress displays
+    (``run(progress=True)``).
 
     ``fn`` calls ``await emit(item)`` or ``await emit.many(items)``. If ``fn`` accepts a
     ``task_status`` keyword it is called with one and must call ``task_status.started()``
@@ -200,7 +212,7 @@ def source(
       ``fn`` is called again (with backoff, within the restart budget) and goes on
       emitting into the same pipeline.
     """
-    return Flow(source=TaskSource(fn=fn, name=name, restart=restart, on_ack=on_ack))
+    return Flow(source=TaskSource(fn=fn, name=name, restart=restart, on_ack=on_ack, total=total))
 
 
 def concat(*flows: Flow[T], name: str | None = None) -> Flow[T]:

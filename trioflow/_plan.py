@@ -217,13 +217,20 @@ class Plan:
         return "\n".join(out)
 
     def to_dot(self) -> str:
-        """A Graphviz digraph: one cluster per segment (task), edges labelled with capacity."""
-        out = ["digraph trioflow {", "  rankdir=LR;"]
+        """A Graphviz digraph: one cluster per segment (task), drawn as a box around the
+        stages fused into it, with the segment's lifecycle; edges labelled with capacity."""
+        out = ["digraph trioflow {", "  rankdir=LR;",
+               '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica"];',
+               '  edge [fontname="Helvetica", fontsize=10];']
         ids = {n.name: f"n{i}" for i, n in enumerate(self.nodes)}
         for seg in self.segments:
             nodes = [*seg.nodes, *([seg.output.junction] if seg.output.junction else [])]
+            lifecycle = seg.head.lifecycle.value if nodes else "continuous"
+            fused = f", {len(nodes)} fused" if len(nodes) > 1 else ""
             out.append(f"  subgraph cluster_{seg.index} {{")
-            out.append(f'    label="segment {seg.index}";')
+            out.append(f'    label="segment {seg.index}: {lifecycle}{fused}";')
+            out.append('    style="rounded,filled"; fillcolor="#eef3fb"; color="#7a93bf";'
+                       ' fontname="Helvetica"; fontsize=10;')
             for n in nodes:
                 out.append(f'    {ids[n.name]} [label="{_esc(n.name)}\\n{n.operator}"];')
             out.append("  }")
@@ -232,6 +239,15 @@ class Plan:
             out.append(f"  {ids[a]} -> {ids[b]}{attr};")
         out.append("}")
         return "\n".join(out)
+
+
+    def render(self, format: str = "svg") -> bytes:
+        """The plan drawn by Graphviz from ``to_dot()``: ``svg`` or ``png`` bytes, one box
+        per segment (the stages fused into one task). Runs Graphviz's ``dot`` program;
+        ``GraphvizNotFound`` (a ``TrioflowError``) if it is not installed."""
+        from ._render import render_dot
+
+        return render_dot(self.to_dot(), format)
 
 
 def _describe(edge: PlanEdge) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Sized
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -283,6 +283,9 @@ class Source(Generic[T]):
     """Where items come from. Sources start a flow (``trioflow.from_iterable`` ...)."""
 
     name: str | None = None
+    #: How many items the source will emit, when the caller knows (``total=``): shown by
+    #: progress displays; never checked against what it emits.
+    total: int | None = None
 
     operator: ClassVar[str] = "source"
 
@@ -290,8 +293,15 @@ class Source(Generic[T]):
     def lifecycle(self) -> Lifecycle:
         return Lifecycle.CONTINUOUS
 
+    def expected_items(self) -> int | None:
+        """How many items a run of this source emits, if known before it runs: ``total``
+        if given, else what the source can tell (the ``len()`` of a sized iterable, the
+        ``count`` of ``periodic``), else ``None``."""
+        return self.total
+
     def __attrs_post_init__(self) -> None:
         check_name(self.name)
+        check_optional_int("total", self.total, minimum=0)
 
 
 # -- user callables ---------------------------------------------------------------------------
@@ -940,6 +950,11 @@ class IterableSource(Source[T]):
 
     operator: ClassVar[str] = "from_iterable"
 
+    def expected_items(self) -> int | None:
+        if self.total is None and isinstance(self.iterable, Sized):
+            return len(self.iterable)
+        return self.total
+
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         if not isinstance(self.iterable, Iterable):
@@ -979,6 +994,9 @@ class PeriodicSource(Source[int]):
     count: int | None = None
 
     operator: ClassVar[str] = "periodic"
+
+    def expected_items(self) -> int | None:
+        return self.count if self.total is None else self.total
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()

@@ -15,6 +15,7 @@ from .._edge import Edge
 from .._plan import Plan
 from .._policies import DeadLetterEntry
 from .._report import RunReport
+from .._stage import check_bool
 from .._stats import RunState, RunStatistics
 from ._runner import Runner
 
@@ -66,6 +67,12 @@ class RunHandle(Generic[R]):
     def state(self) -> RunState:
         return self._runner.state
 
+    @property
+    def plan(self) -> Plan:
+        """The plan the run follows: its segments (tasks), edges and nodes; the edges of
+        ``statistics().edges`` are ``plan.edges``, index for index."""
+        return self._runner.plan
+
     async def wait(self) -> RunState:
         """Wait until the run has ended (completed, failed or cancelled) and return how.
         Cancelling the waiter does not affect the run."""
@@ -99,16 +106,38 @@ class RunHandle(Generic[R]):
 
 async def run_to_completion(
     plan: Plan, task_status: trio.TaskStatus[Any], *, report: bool = False,
-    result: Callable[[Runner], Any] | None = None,
+    result: Callable[[Runner], Any] | None = None, progress: bool = False,
 ) -> Any:
     """Run ``plan``; return what ``result(runner)`` gives (default: the last sink's result),
-    or with ``report`` the run's ``RunReport``, raising for fail-fast errors only."""
+    or with ``report`` the run's ``RunReport``, raising for fail-fast errors only. With
+    ``progress``, ``trioflow.display.progress`` watches the run beside it."""
+    check_bool("progress", progress)
     runner = Runner(plan)
     handle: RunHandle[Any] = RunHandle(runner, None if result is None else lambda: result(runner))
 
-    await runner.run_tasks(lambda: task_status.started(handle))
+    if progress:
+        await _run_with_progress(runner, handle, task_status)
+    else:
+        await runner.run_tasks(lambda: task_status.started(handle))
     runner.raise_errors(collected=not report)
     return handle.report() if report else handle._sink_result()
+
+
+async def _run_with_progress(runner: Runner, handle: RunHandle[Any],
+                             task_status: trio.TaskStatus[Any]) -> None:
+    try:
+        from ..display import progress
+    except ImportError as exc:
+        raise ImportError(f"progress=True: {exc}") from exc
+
+    async with trio.open_nursery() as nursery:
+
+        def started() -> None:
+            task_status.started(handle)
+            nursery.start_soon(progress, handle)
+
+        # the display ends by itself once the run has ended, with its summary line
+        await runner.run_tasks(started)
 
 
 class ItemStream(Generic[T]):
