@@ -252,3 +252,26 @@ def test_demo_subcommand_runs_the_demo(tmp_path: Path) -> None:
     assert (tmp_path / "d.sqlite3").exists()
     both = cli(tmp_path, "demo", "--records", "5", "--forever")
     assert both.returncode == 2 and "--records and --forever exclude each other" in both.stderr
+
+
+def test_metrics_port_serves_prometheus_metrics_of_the_running_pipeline(workdir: Path) -> None:
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    child = Child([*CLI, "run", "pipes:forever", "--metrics-port", "0"], cwd=workdir)
+    child.wait_for_line("ticking")
+    assert child.proc.stderr is not None
+    announced = child.proc.stderr.readline()  # the endpoint is announced before the run goes on
+    url = re.fullmatch(r"metrics: (http://127\.0\.0\.1:\d+/metrics)\n", announced)
+    assert url, announced
+    with urlopen(url.group(1), timeout=PATIENCE) as response:
+        text = response.read().decode()
+    items = {(s.labels["stage"], s.labels["direction"]): s.value
+             for family in text_string_to_metric_families(text) for s in family.samples
+             if s.name == "trioflow_stage_items_total"}
+    assert items[("ticks", "out")] >= 3 and ("same", "in") in items, text
+    child.proc.send_signal(signal.SIGINT)
+    code, lines, err = child.finish()
+    assert code == 0, "\n".join(lines) + err
+    assert "state: completed" in lines

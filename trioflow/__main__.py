@@ -144,9 +144,9 @@ def _need_rich(option: str) -> None:
 
 def _metrics_hook() -> Any:
     """``trioflow.metrics.serve``, or a usage error saying what to install. The contract:
-    ``serve(handle, port)`` is an async function that serves the run's metrics on
-    127.0.0.1:``port`` until cancelled; it runs as a task beside the run and is cancelled
-    once the run has ended."""
+    ``serve(handle, port, task_status=...)`` is an async function that serves the run's
+    metrics on 127.0.0.1:``port`` and reports the bound port through ``nursery.start``; it
+    runs as a task beside the run and is cancelled once the run has ended."""
     try:
         found = importlib.util.find_spec("trioflow.metrics") is not None
     except ImportError:
@@ -188,7 +188,10 @@ async def _run(target: str, obj: Any, show_progress: bool, show_dashboard: bool,
 
                 nursery.start_soon(dashboard, handle)
             if serve is not None:
-                nursery.start_soon(serve, handle, metrics_port)
+                # started, not start_soon: a port already taken fails here, and the bound
+                # port (0 picks a free one) is known to print
+                port = await nursery.start(serve, handle, metrics_port)
+                click.echo(f"metrics: http://127.0.0.1:{port}/metrics", err=True)
             await handle.wait()
             nursery.cancel_scope.cancel()  # the metrics endpoint; the dashboard ended by itself
     except Exception as exc:  # the run failed: its errors, each noted with its stage
