@@ -3,16 +3,12 @@
 * README.md and CHANGELOG.md live at the repository's root, where GitHub shows them, and
   ``docs/*.md`` link to ``../README.md``: the site gets them as the pages ``readme.md`` and
   ``changelog.md``, with their links rewritten to point inside the site.
-* Pages that other branches add (``OPTIONAL_PAGES``) are listed in the nav of mkdocs.yml;
-  while one of them is absent it is dropped from the nav instead of failing the strict build.
-  Any other missing page still fails it.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
@@ -21,28 +17,8 @@ from mkdocs.structure.pages import Page
 ROOT = Path(__file__).resolve().parents[2]
 #: repository file -> its page in the site
 ROOT_PAGES = {"README.md": "readme.md", "CHANGELOG.md": "changelog.md"}
-OPTIONAL_PAGES = frozenset({"time.md", "ml-pipeline.md", "observing.md"})
 
 _LINK = re.compile(r"\]\((?P<target>[^)\s#]+)(?P<anchor>#[^)\s]*)?\)")
-
-
-def _drop_missing(nav: list[Any], docs_dir: Path) -> list[Any]:
-    out: list[Any] = []
-    for entry in nav:
-        value = next(iter(entry.values())) if isinstance(entry, dict) else entry
-        if isinstance(value, list):
-            value = _drop_missing(value, docs_dir)
-            out.append({next(iter(entry)): value} if isinstance(entry, dict) else value)
-        elif isinstance(value, str) and value in OPTIONAL_PAGES and not (docs_dir / value).exists():
-            continue
-        else:
-            out.append(entry)
-    return out
-
-
-def on_config(config: MkDocsConfig) -> MkDocsConfig:
-    config.nav = _drop_missing(config.nav or [], Path(config.docs_dir))
-    return config
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
