@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar, final
 import trio
 from trio.lowlevel import checkpoint
 
-from .._acks import Ticket, Tracked
+from .._acks import Lot, Tracked
 from .._errors import SourceConsumedError
 from .._plan import PlanNode
 from .._policies import Supervisor
@@ -110,8 +110,12 @@ class IterableHead(Head):
             if not chunk:
                 return
             self.n_out += len(chunk)
-            if self.tracked:  # each item is its own token
-                chunk = [Tracked(x, None if ledger is None else Ticket(ledger, x)) for x in chunk]
+            if self.tracked:  # each item is its own token, the chunk a lot
+                if ledger is None:
+                    chunk = [Tracked(x, None) for x in chunk]
+                else:
+                    lot = Lot(ledger, chunk, len(chunk))
+                    chunk = list(map(Tracked, chunk, itertools.repeat(lot), range(len(chunk))))
             await emit(chunk)
             sizer.took(clock() - started)
             await checkpoint()
@@ -250,7 +254,7 @@ def _tracked(head: Head, item: Any, ack: object) -> Tracked:
     ledger = head.ledger
     if ack is _NO_ACK or ledger is None:
         return Tracked(item, None)
-    return Tracked(item, Ticket(ledger, ack))
+    return Tracked(item, Lot(ledger, [ack], 1))
 
 
 @final
@@ -307,12 +311,32 @@ class Emit(Generic[T]):
             ledger = head.ledger
             if acks is None or ledger is None:
                 chunk = [Tracked(x, None) for x in chunk]
-            else:  # (the per-item path of an acknowledged source: one ticket per item)
-                chunk = [Tracked(x, None if a is _NO_ACK else Ticket(ledger, a))
-                         for x, a in zip(chunk, acks, strict=True)]
+            else:  # one lot for the chunk: an item is its index in it
+                n = len(chunk)
+                lot = Lot(ledger, acks, n)
+                if any(a is _NO_ACK for a in acks):
+                    chunk = [Tracked(x, None if a is _NO_ACK else lot, i)
+                             for i, (x, a) in enumerate(zip(chunk, acks, strict=True))]
+                else:
+                    chunk = list(map(Tracked, chunk, itertools.repeat(lot, n), range(n)))
         if chunk:
             self._head.n_out += len(chunk)
             await self._seg.emit(chunk)
+        await checkpoint()
+
+    async def _many_lot(self, items: list[T], token: object) -> None:
+        """Emit several items with one token for all of them (the library's own sources,
+        whose ``on_ack`` is marked ``per_chunk``): it comes back in a ``Settled`` with the
+        indices of the items done. Without a ledger (no ``on_ack``) as ``many``."""
+        head = self._head
+        ledger = head.ledger
+        if ledger is None or not ledger.per_chunk:
+            raise TypeError("Emit._many_lot needs a source whose on_ack is marked per_chunk")
+        n = len(items)
+        if n:
+            lot = Lot(ledger, token, n)
+            head.n_out += n
+            await self._seg.emit(list(map(Tracked, items, itertools.repeat(lot, n), range(n))))
         await checkpoint()
 
     @property
