@@ -222,12 +222,10 @@ def settle(item: Any, error: BaseException | None = None) -> None:
         item.ticket.settle(item.index, error)
 
 
-def combine(items: list[Any]) -> Any:
-    """One tracked item over several (a batch, a zipped tuple): its ticket settles every
-    member's part when it settles."""
-    members: list[tuple[Lot | Ticket, list[int]]] = []
-    last: Lot | Ticket | None = None
-    indices: list[int] = []
+def _runs(items: list[Any], members: list[tuple[Lot | Ticket, list[int]]]) -> None:
+    """Add the tickets of tracked ``items`` to ``members``, as ``(ticket, indices)`` runs (a
+    run goes on from the last member's, if the first items share its ticket)."""
+    last, indices = members[-1] if members else (None, [])
     for t in items:
         ticket = t.ticket
         if ticket is None:
@@ -236,7 +234,77 @@ def combine(items: list[Any]) -> Any:
             last, indices = ticket, []
             members.append((ticket, indices))
         indices.append(t.index)
+
+
+def combine(items: list[Any]) -> Any:
+    """One tracked item over several (a batch, a zipped tuple): its ticket settles every
+    member's part when it settles."""
+    members: list[tuple[Lot | Ticket, list[int]]] = []
+    _runs(items, members)
     return Tracked([t.value for t in items], Ticket(members) if members else None)
+
+
+@final
+class LotChunk(list[Any]):
+    """A source's chunk handed on whole to a tracked batch: the plain values, their lot
+    beside them (item ``i`` is index ``i`` of ``lot``), so no item is wrapped in a
+    ``Tracked``. Only a ``TrackedBatcher`` takes one (planning sees to it), and an edge
+    never merges one with another chunk."""
+
+    __slots__ = ("lot",)
+
+    def __init__(self, values: list[Any], lot: Lot) -> None:
+        super().__init__(values)
+        self.lot = lot
+
+
+class TrackedBatcher:
+    """``Batcher`` for tracked items: a batch is one ``Tracked`` over its members (as
+    ``combine``), and the members' wrappers are let go as they arrive: the batch being
+    filled keeps their values and ``(ticket, indices)`` runs only."""
+
+    __slots__ = ("current", "members", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        #: the values of the batch being filled
+        self.current: list[Any] = []
+        self.members: list[tuple[Lot | Ticket, list[int]]] = []
+
+    def add(self, chunk: list[Any]) -> list[Any]:
+        """Add tracked items; return the batches that became full (in order)."""
+        size = self.size
+        full: list[Any] = []
+        pos, n = 0, len(chunk)
+        if type(chunk) is LotChunk:  # plain values: the members are a range of the lot
+            lot, members = chunk.lot, self.members
+            while pos < n:
+                end = min(n, pos + size - len(self.current))
+                self.current += chunk[pos:end]
+                members.append((lot, list(range(pos, end))))
+                pos = end
+                if len(self.current) == size:
+                    full.append(self._finish())
+                    members = self.members
+            return full
+        while pos < n:
+            part = chunk[pos : pos + size - len(self.current)]
+            pos += len(part)
+            self.current += [t.value for t in part]
+            _runs(part, self.members)
+            if len(self.current) == size:
+                full.append(self._finish())
+        return full
+
+    def take_partial(self) -> list[Any]:
+        """Return the partial batch (if any) and start a new one."""
+        return [self._finish()] if self.current else []
+
+    def _finish(self) -> Tracked:
+        members = self.members
+        batch = Tracked(self.current, Ticket(members) if members else None)
+        self.current, self.members = [], []
+        return batch
 
 
 def unwrap(item: Any) -> Any:
