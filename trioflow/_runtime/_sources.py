@@ -266,12 +266,12 @@ async def _emit_lot(seg: Segment, lot: Lot, items: list[Any]) -> None:
         whole = type(first) is BatchOp and first.tracked
     else:
         whole = isinstance(out, Edge) and out.takes_lots
-        if isinstance(out, Edge):
-            await out.wait_for_room(n)  # (the values wait unwrapped, whichever way)
     if whole:
         await seg.emit(LotChunk(items, lot))
-    else:
-        await seg.emit(list(map(Tracked, items, itertools.repeat(lot, n), range(n))))
+        return
+    if not ops and isinstance(out, Edge):
+        await out.wait_for_room(n)  # the values wait for room unwrapped
+    await seg.emit(list(map(Tracked, items, itertools.repeat(lot, n), range(n))))
 
 
 def _tracked(head: Head, item: Any, ack: object) -> Tracked:
