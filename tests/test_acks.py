@@ -143,40 +143,19 @@ class Checker:
             self.acked.append(ack)
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    chain=st.lists(ops, max_size=5),
-    n=st.integers(0, 40),
-    chunk_size=st.integers(1, 8),
-    buffer=st.integers(1, 6),
-    ending=st.sampled_from(["complete", "complete", "fail", "cancel", "handle_cancel"]),
-    at=st.floats(0, 3),
-    fail_on=st.integers(0, 39),
-    seed=st.integers(0, 2**32 - 1),
-)
-def test_every_item_is_acknowledged_once_and_only_when_done(
-    chain: list[Op], n: int, chunk_size: int, buffer: int, ending: str, at: float, fail_on: int, seed: int
-) -> None:
-    trio._core._run._r.seed(seed)  # the scheduler's choices, reproducibly varied
-    checker = Checker(chain)
-    letters: list[tf.DeadLetterEntry] = []
-
+def boom_fn(ending: str, fail_on: int) -> Any:
+    """The stage function that fails the run on ``fail_on`` when the ending is "fail"."""
     async def boom(v: int) -> int:
         if ending == "fail" and v == fail_on:
             raise KeyError(v)
         await trio.lowlevel.checkpoint()
         return v
 
-    async def src(emit: tf.Emit[int]) -> None:
-        for i in range(n):
-            await emit(i, ack=i)
-            await trio.sleep(0.05)
+    return boom
 
-    flow: Any = tf.source(src, on_ack=checker.on_ack) | boom_stage(boom)
-    for stage in stages(chain, letters):
-        flow = flow | stage
-    pipeline = flow | tf.sink(checker.commit)
 
+def run_to_ending(pipeline: Any, ending: str, at: float, chunk_size: int, buffer: int) -> str:
+    """Run ``pipeline`` on virtual time until it completes, fails or is cancelled at ``at``."""
     async def main() -> str:
         async with assert_no_leftovers():
             if ending == "cancel":
@@ -198,7 +177,14 @@ def test_every_item_is_acknowledged_once_and_only_when_done(
                 return "failed"
             return "completed"
 
-    outcome = run_virtual(main)
+    return run_virtual(main)
+
+
+def check_acknowledged(checker: Checker, n: int, outcome: str, fail_on: int, *, batched: bool) -> None:
+    """Each token at most once; a completed run acknowledged every one, with the errors its
+    chain gives (``batched``: a batch shares its fate, so at least those); a failed run did
+    not acknowledge the item it failed on."""
+    chain = checker.chain
     tokens = [a.token for a in checker.acked]
     assert len(tokens) == len(set(tokens)), "a token was acknowledged twice"
     if outcome == "completed":
@@ -207,7 +193,7 @@ def test_every_item_is_acknowledged_once_and_only_when_done(
         assert checker.committed == expected
         failed = {a.token for a in checker.acked if not a.ok}
         must_fail = {x for x in range(n) if reference_fails(chain, x)}
-        if any(op.kind == "batch" for op in chain):
+        if batched:
             # a batch shares its fate: a member is acknowledged with the error of any part
             # derived from the batch
             assert failed >= must_fail
@@ -215,6 +201,78 @@ def test_every_item_is_acknowledged_once_and_only_when_done(
             assert failed == must_fail
     elif outcome == "failed":
         assert fail_on not in tokens  # the failing item was not done
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    chain=st.lists(ops, max_size=5),
+    n=st.integers(0, 40),
+    chunk_size=st.integers(1, 8),
+    buffer=st.integers(1, 6),
+    ending=st.sampled_from(["complete", "complete", "fail", "cancel", "handle_cancel"]),
+    at=st.floats(0, 3),
+    fail_on=st.integers(0, 39),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_every_item_is_acknowledged_once_and_only_when_done(
+    chain: list[Op], n: int, chunk_size: int, buffer: int, ending: str, at: float, fail_on: int, seed: int
+) -> None:
+    trio._core._run._r.seed(seed)  # the scheduler's choices, reproducibly varied
+    checker = Checker(chain)
+    letters: list[tf.DeadLetterEntry] = []
+
+    async def src(emit: tf.Emit[int]) -> None:
+        for i in range(n):
+            await emit(i, ack=i)
+            await trio.sleep(0.05)
+
+    flow: Any = tf.source(src, on_ack=checker.on_ack) | boom_stage(boom_fn(ending, fail_on))
+    for stage in stages(chain, letters):
+        flow = flow | stage
+    outcome = run_to_ending(flow | tf.sink(checker.commit), ending, at, chunk_size, buffer)
+    check_acknowledged(checker, n, outcome, fail_on, batched=any(op.kind == "batch" for op in chain))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    chain=st.lists(ops, max_size=3),
+    sizes=st.lists(st.integers(1, 9), max_size=8),
+    feed=st.sampled_from(["many", "iterable"]),
+    size=st.integers(1, 5),
+    timeout=st.sampled_from([None, None, 0.001, 0.02, 0.3]),
+    chunk_size=st.integers(1, 8),
+    buffer=st.integers(1, 6),
+    ending=st.sampled_from(["complete", "complete", "fail", "cancel"]),
+    at=st.floats(0, 1),
+    fail_on=st.integers(0, 39),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_chunks_handed_whole_to_a_batch_are_acknowledged_once_and_only_when_done(
+    chain: list[Op], sizes: list[int], feed: str, size: int, timeout: float | None, chunk_size: int,
+    buffer: int, ending: str, at: float, fail_on: int, seed: int,
+) -> None:
+    """A batch right after a source takes each chunk whole, its values beside their lot
+    (fused after the source, or across an edge with a timed batch): the same guarantees."""
+    trio._core._run._r.seed(seed)
+    checker = Checker(chain)
+    letters: list[tf.DeadLetterEntry] = []
+    n = sum(sizes)
+
+    async def chunks(emit: tf.Emit[int]) -> None:
+        i = 0
+        for k in sizes:
+            await emit.many(list(range(i, i + k)), acks=list(range(i, i + k)))
+            i += k
+            await trio.sleep(0.05)
+
+    head: Any = (tf.source(chunks, on_ack=checker.on_ack) if feed == "many"
+                 else tf.from_iterable(range(n), on_ack=checker.on_ack))
+    flow: Any = (head | tf.batch(size, timeout=timeout) | tf.flat_map(lambda b: b)
+                 | boom_stage(boom_fn(ending, fail_on)))
+    for stage in stages(chain, letters):
+        flow = flow | stage
+    outcome = run_to_ending(flow | tf.sink(checker.commit), ending, at, chunk_size, buffer)
+    check_acknowledged(checker, n, outcome, fail_on, batched=True)
 
 
 def boom_stage(fn: Any) -> tf.Stage[int, int]:

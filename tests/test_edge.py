@@ -129,6 +129,36 @@ async def test_block_accepts_an_oversized_chunk_only_into_an_empty_edge(autojump
     assert edge.dropped == 0
 
 
+async def test_wait_for_room_waits_like_put_but_queues_nothing(autojump_clock: Any) -> None:
+    edge = Edge("e", 4)
+    await edge.wait_for_room(10)  # empty: even an oversized chunk would go in
+    await edge.put([1, 2, 3])
+    await edge.wait_for_room(1)  # 3 + 1 fits
+    assert edge.items == 3 and queued(edge) == [1, 2, 3]
+    woke: list[float] = []
+
+    async def waiter() -> None:
+        await edge.wait_for_room(2)
+        woke.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(1)
+        assert woke == []  # 3 + 2 does not fit
+        assert await edge.receive(1) == [1, 2, 3]
+    assert woke == [1.0] and edge.items == 0 and edge.total == 3  # nothing was queued
+    await edge.put([4, 5, 6, 7])
+    edge.close_receive()
+    await edge.wait_for_room(1)  # the consumer left: returns, and put raises
+    with pytest.raises(DownstreamClosed):
+        await edge.put([8])
+    for overflow in NEVER_WAIT:
+        full = Edge("f", 1, overflow=overflow)
+        await full.put([1])
+        with trio.fail_after(1):
+            await full.wait_for_room(5)  # a policy that never waits: at once
+
+
 async def test_block_empty_chunk_is_not_queued() -> None:
     edge = Edge("e", 3)
     await put_nowait(edge, [])

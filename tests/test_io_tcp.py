@@ -588,6 +588,50 @@ async def test_replies_ok_after_commit_err_after_rejection_one_per_line(nursery:
     assert s.stats().replies_sent == 60
 
 
+async def test_a_batch_right_after_the_source_answers_per_chunk_exactly_once(nursery: trio.Nursery) -> None:
+    """The per-chunk path: the source hands each chunk to the batch whole (no wrapper per
+    record); one batch fails (skipped) and its records, only those, are answered ``err``;
+    records the source rejected keep their own line numbers; every other record is answered
+    ``ok`` once it is committed."""
+    committed: set[int] = set()
+    failed: list[list[int]] = []
+    early: list[int] = []
+
+    def ok(record: tfio.Received[dict[str, Any]]) -> str:
+        if record.value["id"] not in committed:
+            early.append(record.value["id"])
+        return f"ok {record.value['id']} line {record.line}"
+
+    async def store(batch: list[dict[str, Any]]) -> None:
+        await trio.sleep(0.001)  # the "transaction"
+        ids = [r["id"] for r in batch]
+        if 40 in ids and not failed:
+            failed.append(ids)
+            raise ValueError("constraint violated")
+        committed.update(ids)
+
+    s = await Server().start(
+        nursery, decode=shape, replies=tfio.Replies(ok=ok),
+        stages=(tf.batch(8, timeout=0.01),), sink=tf.sink(store, on_error=tf.Skip()))
+    n = 120
+    lines = [b"not json\n" if i % 25 == 11 else reading(i) for i in range(n)]  # line i + 1
+    c = await s.connect()
+    for k in range(0, n, 50):  # chunks of many records, each cut by batches of 8
+        await c.send_all(b"".join(lines[k : k + 50]))
+    await c.send_eof()
+    replies = (await read_all(c)).decode().splitlines()
+    assert len(replies) == n and early == []
+    bad_input = {i for i in range(n) if i % 25 == 11}
+    (lost,) = failed
+    oks = {int(r.split()[1]): r for r in replies if r.startswith("ok ")}
+    errs = {int(r.split()[1]): r for r in replies if r.startswith("err ")}
+    assert set(oks) == committed == set(range(n)) - bad_input - set(lost)
+    assert all(r == f"ok {i} line {i + 1}" for i, r in oks.items())
+    assert set(errs) == {i + 1 for i in bad_input | set(lost)}
+    assert all(errs[i + 1] == f"err {i + 1} ValueError: constraint violated" for i in lost)
+    assert s.stats().replies_sent == n
+
+
 async def test_drain_commits_and_answers_what_was_read_before_closing(nursery: trio.Nursery) -> None:
     release = trio.Event()
     stored: list[bytes] = []

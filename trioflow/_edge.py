@@ -90,6 +90,7 @@ class Edge:
         "overflow",
         "peak",
         "receive_closed",
+        "takes_lots",
         "total",
         "wanted",
         "watchers",
@@ -133,6 +134,9 @@ class Edge:
         #: can start at once, and ``wanted`` says how many items a parked consumer asked for
         self.demand = False
         self.wanted = 0
+        #: a run that tracks acknowledgements: the consumer takes a source's chunk as a
+        #: ``LotChunk`` (plain values beside one lot) rather than one ``Tracked`` per item
+        self.takes_lots = False
 
     @property
     def send_closed(self) -> bool:
@@ -167,6 +171,18 @@ class Edge:
             self.peak = items
         if self._not_empty:
             self._not_empty.unpark()
+
+    async def wait_for_room(self, n: int) -> None:
+        """Wait until a ``put`` of ``n`` items would not wait (a ``BLOCK`` edge that is
+        full), or the receive side is closed (the ``put`` then raises). Nothing is queued;
+        another producer may take the room first. Cancelled: nothing happened."""
+        if self.overflow is not _BLOCK:
+            return
+        while not self.receive_closed:
+            items = self.items
+            if items == 0 or items + n <= self._limit:
+                return
+            await self._not_full.park()
 
     def _offer(self, chunk: list[Any]) -> None:
         """``put`` for the policies that never wait: apply the policy synchronously."""
@@ -246,9 +262,10 @@ class Edge:
             if chunks:
                 chunk = chunks.popleft()
                 n = len(chunk)
-                if chunks and n < max_items:
+                if chunks and n < max_items and type(chunk) is list:
                     # the edge owns queued chunks, so the first can be extended in place
-                    while chunks and n + len(chunks[0]) <= max_items:
+                    # (a ``LotChunk`` is never merged: its items are its lot's indices)
+                    while chunks and n + len(chunks[0]) <= max_items and type(chunks[0]) is list:
                         nxt = chunks.popleft()
                         chunk.extend(nxt)
                         n += len(nxt)

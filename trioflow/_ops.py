@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._acks import Tracked, combine, settle, unwrap
+from ._acks import Tracked, TrackedBatcher, settle, unwrap
 from ._errors import annotate
 from ._policies import Guard
 from ._stage import DROPPED
@@ -552,19 +552,20 @@ class BatchOp(Op):
 
     def __init__(self, name: str, size: int, tracked: bool = False) -> None:
         super().__init__(name, "batch")
-        self.batcher = Batcher(size)
+        # tracked: batches carry one ticket over their members
+        self.batcher: Batcher | TrackedBatcher = TrackedBatcher(size) if tracked else Batcher(size)
         self.tracked = tracked
 
     def process(self, chunk: Chunk) -> Chunk:
         self.n_in += len(chunk)
         out = self.batcher.add(chunk)
         self.n_out += len(out)
-        return [combine(b) for b in out] if self.tracked else out
+        return out
 
     def flush(self) -> Chunk:
         out = self.batcher.take_partial()
         self.n_out += len(out)
-        return [combine(b) for b in out] if self.tracked else out
+        return out
 
 
 # -- sink ops: the last op of a segment; they return nothing and hold the run's result ------

@@ -1,6 +1,6 @@
 """Planning a run that tracks acknowledgements: every stage lifted to ``Tracked`` items.
 
-``track(spec)`` gives the same stage working on ``Tracked(value, ticket)`` items, so that
+``track(spec)`` gives the same stage working on ``Tracked(value, ticket, index)`` items, so that
 user code sees the value while the ticket travels beside it (see ``_acks`` for the theory:
 what settles when). Only runs whose source asked for acknowledgements are lifted.
 """
@@ -94,9 +94,10 @@ def _children(t: Tracked, outs: list[Any]) -> list[Tracked]:
     if not outs:
         settle(t)  # no child: the item is done
         return []
-    if ticket is not None:
-        ticket.pending += len(outs) - 1  # one part per child, the item's own part among them
-    return [Tracked(out, ticket) for out in outs]
+    index = t.index
+    if ticket is not None and len(outs) > 1:
+        ticket.add(index, len(outs) - 1)  # one part per child, the item's own part among them
+    return [Tracked(out, ticket, index) for out in outs]
 
 
 def _lift_flat(fn: Callable[..., Any], kind: CallKind) -> Callable[..., Any]:
@@ -116,32 +117,32 @@ def _lift_flat(fn: Callable[..., Any], kind: CallKind) -> Callable[..., Any]:
         return aflat
     if kind is CallKind.SYNC_GEN:
         def gen(t: Tracked) -> Iterator[Tracked]:
-            ticket, n = t.ticket, 0
+            ticket, index, n = t.ticket, t.index, 0
             try:
                 for out in fn(t.value):
                     if ticket is not None:
-                        ticket.pending += 1
+                        ticket.add(index, 1)
                         n += 1
-                    yield Tracked(out, ticket)
+                    yield Tracked(out, ticket, index)
             except BaseException:
-                if ticket is not None:
-                    ticket.pending -= n
+                if ticket is not None and n:
+                    ticket.add(index, -n)
                 raise
             settle(t)
 
         return gen
 
     async def agen(t: Tracked) -> AsyncIterator[Tracked]:
-        ticket, n = t.ticket, 0
+        ticket, index, n = t.ticket, t.index, 0
         try:
             async for out in fn(t.value):
                 if ticket is not None:
-                    ticket.pending += 1
+                    ticket.add(index, 1)
                     n += 1
-                yield Tracked(out, ticket)
+                yield Tracked(out, ticket, index)
         except BaseException:
-            if ticket is not None:
-                ticket.pending -= n
+            if ticket is not None and n:
+                ticket.add(index, -n)
             raise
         settle(t)
 
@@ -152,12 +153,12 @@ def _lift_scan(fn: Callable[..., Any], kind: CallKind) -> Callable[..., Any]:
     """The accumulator travels tracked too: each output carries its input's ticket."""
     if kind is CallKind.ASYNC:
         async def step(acc: Tracked, t: Tracked) -> Tracked:
-            return Tracked(await fn(acc.value, t.value), t.ticket)
+            return Tracked(await fn(acc.value, t.value), t.ticket, t.index)
 
         return step
 
     def step_sync(acc: Tracked, t: Tracked) -> Tracked:
-        return Tracked(fn(acc.value, t.value), t.ticket)
+        return Tracked(fn(acc.value, t.value), t.ticket, t.index)
 
     return step_sync
 

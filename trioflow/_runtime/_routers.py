@@ -83,7 +83,7 @@ class BroadcastRouter(Router):
         if self.tracked and len(live) > 1:
             for item in chunk:
                 if item.ticket is not None:
-                    item.ticket.pending += len(live) - 1
+                    item.ticket.add(item.index, len(live) - 1)
         last = len(live) - 1
         for i, edge in enumerate(live):
             try:
@@ -93,7 +93,7 @@ class BroadcastRouter(Router):
                 if i == last:
                     part = chunk
                 elif self.tracked:
-                    part = [Tracked(t.value, t.ticket) for t in chunk]
+                    part = [Tracked(t.value, t.ticket, t.index) for t in chunk]
                 else:
                     part = list(chunk)
                 await edge.put(part)

@@ -28,7 +28,7 @@ from ._build import _make_head, _make_op
 from ._fanin import JoinHead, OrderedMergeHead, ZipHead
 from ._routers import Router, _make_router
 from ._segment import Head, Output, Segment, _Status
-from ._stages import PassHead
+from ._stages import BatchTimerHead, PassHead
 
 
 def _guard_stats(guard: Guard | None) -> dict[str, int]:
@@ -160,6 +160,9 @@ class Runner:
                 if on_ack is not None:
                     seg.head.ledger = Ledger(on_ack, seg.head.name)
                     self.ledgers.append(seg.head.ledger)
+                if isinstance(seg.head, BatchTimerHead) and seg.head.tracked_items:
+                    for edge in seg.inputs:  # a source's chunk reaches the batch whole
+                        edge.takes_lots = edge.overflow is Overflow.BLOCK
 
     @property
     def output(self) -> Edge | None:

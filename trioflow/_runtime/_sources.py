@@ -12,8 +12,10 @@ from typing import Any, Generic, TypeVar, final
 import trio
 from trio.lowlevel import checkpoint
 
-from .._acks import Ticket, Tracked
+from .._acks import Lot, LotChunk, Tracked
+from .._edge import Edge
 from .._errors import SourceConsumedError
+from .._ops import BatchOp
 from .._plan import PlanNode
 from .._policies import Supervisor
 from .._stage import (
@@ -110,9 +112,13 @@ class IterableHead(Head):
             if not chunk:
                 return
             self.n_out += len(chunk)
-            if self.tracked:  # each item is its own token
-                chunk = [Tracked(x, None if ledger is None else Ticket(ledger, x)) for x in chunk]
-            await emit(chunk)
+            if self.tracked:  # each item is its own token, the chunk a lot
+                if ledger is None:
+                    await emit([Tracked(x, None) for x in chunk])
+                else:
+                    await _emit_lot(seg, Lot(ledger, chunk, len(chunk)), chunk)
+            else:
+                await emit(chunk)
             sizer.took(clock() - started)
             await checkpoint()
 
@@ -246,11 +252,33 @@ class _NoAck:
 _NO_ACK: Any = _NoAck()
 
 
+async def _emit_lot(seg: Segment, lot: Lot, items: list[Any]) -> None:
+    """Emit a chunk whose items are the ``lot``'s: beside it, as a ``LotChunk``, when the
+    next stage is a tracked batch (fused, or across an edge that ``takes_lots``); else each
+    item wrapped in a ``Tracked``. A wrapper per item costs its allocation and, since the
+    items of a chunk live together until a batch takes them, garbage collections that scan
+    them (the values themselves are often tuples the collector stops tracking)."""
+    n = len(items)
+    ops = seg.ops
+    out = seg.out
+    if ops:
+        first = ops[0]
+        whole = type(first) is BatchOp and first.tracked
+    else:
+        whole = isinstance(out, Edge) and out.takes_lots
+    if whole:
+        await seg.emit(LotChunk(items, lot))
+        return
+    if not ops and isinstance(out, Edge):
+        await out.wait_for_room(n)  # the values wait for room unwrapped
+    await seg.emit(list(map(Tracked, items, itertools.repeat(lot, n), range(n))))
+
+
 def _tracked(head: Head, item: Any, ack: object) -> Tracked:
     ledger = head.ledger
     if ack is _NO_ACK or ledger is None:
         return Tracked(item, None)
-    return Tracked(item, Ticket(ledger, ack))
+    return Tracked(item, Lot(ledger, [ack], 1))
 
 
 @final
@@ -303,16 +331,33 @@ class Emit(Generic[T]):
         head = self._head
         if acks is not None and len(acks) != len(chunk):
             raise ValueError(f"acks: {len(acks)} tokens for {len(chunk)} items")
-        if head.tracked:
-            ledger = head.ledger
-            if acks is None or ledger is None:
-                chunk = [Tracked(x, None) for x in chunk]
-            else:  # (the per-item path of an acknowledged source: one ticket per item)
-                chunk = [Tracked(x, None if a is _NO_ACK else Ticket(ledger, a))
-                         for x, a in zip(chunk, acks, strict=True)]
         if chunk:
-            self._head.n_out += len(chunk)
-            await self._seg.emit(chunk)
+            head.n_out += len(chunk)
+            ledger = head.ledger
+            if not head.tracked:
+                await self._seg.emit(chunk)
+            elif acks is None or ledger is None:
+                await self._seg.emit([Tracked(x, None) for x in chunk])
+            elif any(a is _NO_ACK for a in acks):  # one lot for the chunk, without the gaps
+                lot = Lot(ledger, acks, len(chunk))
+                await self._seg.emit([Tracked(x, None if a is _NO_ACK else lot, i)
+                                      for i, (x, a) in enumerate(zip(chunk, acks, strict=True))])
+            else:  # one lot for the chunk: an item is its index in it
+                await _emit_lot(self._seg, Lot(ledger, acks, len(chunk)), chunk)
+        await checkpoint()
+
+    async def _many_lot(self, items: list[T], token: object) -> None:
+        """Emit several items with one token for all of them (the library's own sources,
+        whose ``on_ack`` is marked ``per_chunk``): it comes back in a ``Settled`` with the
+        indices of the items done. Without a ledger (no ``on_ack``) as ``many``."""
+        head = self._head
+        ledger = head.ledger
+        if ledger is None or not ledger.per_chunk:
+            raise TypeError("Emit._many_lot needs a source whose on_ack is marked per_chunk")
+        n = len(items)
+        if n:
+            head.n_out += n
+            await _emit_lot(self._seg, Lot(ledger, token, n), items)
         await checkpoint()
 
     @property

@@ -13,7 +13,7 @@ from typing import Any
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
-from .._acks import combine
+from .._acks import TrackedBatcher
 from .._ops import (
     Batcher,
     KeyMemory,
@@ -217,7 +217,8 @@ class BatchTimerHead(Head):
         status.started()
         assert seg.inp is not None
         inp = seg.inp
-        batcher = Batcher(self.size)
+        # tracked: batches carry one ticket over their members
+        batcher = TrackedBatcher(self.size) if self.tracked_items else Batcher(self.size)
         deadline = math.inf
         while True:
             received = False
@@ -226,7 +227,7 @@ class BatchTimerHead(Head):
                 chunk = await inp.receive(seg.chunk_size)
                 received = True
             if not received:  # the oldest item of the partial batch waited `timeout`
-                partial = self._out(batcher.take_partial())
+                partial = batcher.take_partial()
                 deadline = math.inf
                 if partial:
                     self.n_out += 1
@@ -237,7 +238,7 @@ class BatchTimerHead(Head):
             now = trio.current_time()
             self.n_in += len(chunk)
             was_empty = not batcher.current
-            full = self._out(batcher.add(chunk))
+            full = batcher.add(chunk)
             if full:
                 self.n_out += len(full)
                 await seg.emit(full)
@@ -246,14 +247,10 @@ class BatchTimerHead(Head):
             elif was_empty or full:
                 deadline = now + self.timeout
         await checkpoint_if_cancelled()  # a failed run is cancelled, not completed
-        partial = self._out(batcher.take_partial())
+        partial = batcher.take_partial()
         if partial:
             self.n_out += 1
             await seg.emit(partial)
-
-    def _out(self, batches: list[list[Any]]) -> list[Any]:
-        """Batches as handed on: tracked batches carry one ticket over their members."""
-        return [combine(b) for b in batches] if self.tracked_items else batches
 
 
 class PassHead(Head):

@@ -50,12 +50,12 @@ import os
 import socket
 from collections.abc import Callable
 from itertools import repeat
-from typing import Any, Generic, NamedTuple, TypeVar, final, overload
+from typing import Any, Generic, NamedTuple, TypeVar, cast, final, overload
 
 import attrs
 import trio
 
-from .._acks import Ack
+from .._acks import Settled, per_chunk
 from .._errors import DefinitionTypeError, DefinitionValueError
 from .._flow import Flow
 from .._operators import source
@@ -220,15 +220,21 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-class _Token:
-    """What the pipeline carries back for one accepted record (its acknowledgement)."""
+class _Chunk:
+    """What the pipeline carries back for the records of one received chunk (their
+    acknowledgement token, one per chunk): the connection, the records' values and their
+    line numbers (``lines``; ``None``: consecutive from ``line0 + 1``)."""
 
-    __slots__ = ("conn", "line", "value")
+    __slots__ = ("conn", "line0", "lines", "values")
 
-    def __init__(self, conn: _Connection, line: int, value: Any) -> None:
+    def __init__(self, conn: _Connection, line0: int, lines: list[int] | None, values: list[Any]) -> None:
         self.conn = conn
-        self.line = line
-        self.value = value
+        self.line0 = line0
+        self.lines = lines
+        self.values = values
+
+
+_new_tuple = tuple.__new__
 
 
 class _Connection:
@@ -244,7 +250,7 @@ class _Connection:
 
     __slots__ = (
         "_all_settled", "_more", "_room", "closed", "finished", "info", "line", "pending", "queue",
-        "scope", "server", "stream", "unsent",
+        "queued", "scope", "server", "stream", "unsent",
     )
 
     def __init__(self, server: TcpServer, stream: trio.SocketStream, info: ConnectionInfo) -> None:
@@ -256,8 +262,10 @@ class _Connection:
         self.pending = 0
         self._all_settled: trio.Event | None = None
         self.scope = trio.CancelScope()
-        #: reply lines not yet handed to the writer
+        #: replies not yet handed to the writer (each entry one line or several)
         self.queue: list[bytes] = []
+        #: how many replies ``queue`` holds
+        self.queued = 0
         #: replies queued or being written
         self.unsent = 0
         #: no more replies will come: the writer ends once the queue is written
@@ -274,8 +282,13 @@ class _Connection:
         if self.closed:
             self.server._replies_dropped += 1
             return
-        self.queue.append(text.encode() + b"\n")
-        self.unsent += 1
+        self._queue((text + "\n").encode(), 1)
+
+    def _queue(self, data: bytes, count: int) -> None:
+        """Queue ``count`` reply lines, encoded together as ``data``; one wake-up."""
+        self.queue.append(data)
+        self.queued += count
+        self.unsent += count
         if self._more is not None:
             self._more.set()
 
@@ -290,19 +303,48 @@ class _Connection:
             self._room = trio.Event()
             await self._room.wait()
 
-    def settle(self, token: _Token, error: BaseException | None) -> None:
-        """The pipeline is done with one of this connection's records."""
+    def settle(self, chunk: _Chunk, indices: list[int], errors: dict[int, BaseException] | None) -> None:
+        """The pipeline is done with records of one of this connection's chunks (their
+        ``indices`` in it; ``errors``: of those that failed, by index): their replies are
+        queued as one piece."""
         replies = self.server.spec.replies
+        count = len(indices)
         if replies is not None:
-            if error is not None:
-                self.reply(replies.err(token.line, _one_line(error)))
-            elif replies.ok is _default_ok:  # the common case, without a Received per record
-                self.reply(f"ok {token.line}")
-            else:
-                self.reply(replies.ok(Received(value=token.value, connection=self.info, line=token.line)))
-        self.pending -= 1
+            texts = self._texts(replies, chunk, indices, errors)
+            if self.closed:
+                self.server._replies_dropped += len(texts)
+            elif texts:
+                self._queue(("\n".join(texts) + "\n").encode(), len(texts))
+        self.pending -= count
         if self.pending == 0 and self._all_settled is not None:
             self._all_settled.set()
+
+    def _texts(self, replies: Replies, chunk: _Chunk, indices: list[int],
+               errors: dict[int, BaseException] | None) -> list[str]:
+        """The reply lines of a chunk's settled records, in ``indices`` order."""
+        ok, line0, lines, values = replies.ok, chunk.line0, chunk.lines, chunk.values
+        if errors is None or not any(i in errors for i in indices):
+            if ok is _default_ok:  # the common case, without a Received per record
+                if lines is None:
+                    return [f"ok {line0 + i + 1}" for i in indices]
+                return [f"ok {lines[i]}" for i in indices]
+            info = self.info
+            if lines is None:
+                texts = [ok(_new_tuple(Received, (values[i], info, line0 + i + 1))) for i in indices]
+            else:
+                texts = [ok(_new_tuple(Received, (values[i], info, lines[i]))) for i in indices]
+            return cast(list[str], texts) if None not in texts else [t for t in texts if t is not None]
+        out: list[str] = []
+        for i in indices:
+            line = line0 + i + 1 if lines is None else lines[i]
+            error = errors.get(i)
+            if error is not None:
+                text = replies.err(line, _one_line(error))
+            else:
+                text = ok(_new_tuple(Received, (values[i], self.info, line)))
+            if text is not None:
+                out.append(text)
+        return out
 
     async def wait_settled(self) -> None:
         if self.pending:
@@ -319,6 +361,7 @@ class _Connection:
                     self._more = trio.Event()
                     await self._more.wait()
                 batch, self.queue = self.queue, []
+                count, self.queued = self.queued, 0
                 data = b"".join(batch)
                 for start in range(0, len(data), REPLY_PIECE):
                     with trio.move_on_after(stall_after) as stalled:
@@ -329,8 +372,8 @@ class _Connection:
                                        "%g s: closed", self.info, stall_after)
                         self.scope.cancel()
                         return
-                server._replies_sent += len(batch)
-                self.unsent -= len(batch)
+                server._replies_sent += count
+                self.unsent -= count
                 if self._room is not None:
                     self._room.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -528,10 +571,8 @@ class TcpServer:
             self._records += n  # before: the put may run the consumer before it returns
             try:
                 if self.spec.replies is not None:
-                    numbers = range(line0 + 1, line0 + 1 + n) if lines is None else lines
-                    tokens = [_Token(conn, line, value) for line, value in zip(numbers, values, strict=True)]
                     conn.pending += n
-                    await self._emit.many(values, acks=tokens)
+                    await self._emit._many_lot(values, _Chunk(conn, line0, lines, values))
                 else:
                     await self._emit.many(values)
             finally:
@@ -618,12 +659,14 @@ class TcpServer:
 _LINES = Lines()
 _SKIP = Skip()
 
-def _settle(acks: list[Ack]) -> None:
-    """The source's acknowledgement callback (with ``replies`` only): route each settled
-    record to its connection. Synchronous: queueing a reply never waits."""
-    for ack in acks:
-        token: _Token = ack.token
-        token.conn.settle(token, ack.error)
+@per_chunk
+def _settle(lots: list[Settled]) -> None:
+    """The source's acknowledgement callback (with ``replies`` only), per chunk: route the
+    settled records of each chunk to its connection. Synchronous: queueing a reply never
+    waits."""
+    for token, indices, errors in lots:
+        chunk: _Chunk = token
+        chunk.conn.settle(chunk, indices, errors)
 
 
 @final
@@ -753,4 +796,6 @@ def tcp_source(
         on_listening=on_listening, backlog=backlog, name=name,
     )
     # acknowledgements (and their tracking cost) only when there is someone to answer
-    return source(spec.serve, name=name, on_ack=_settle if replies is not None else None)
+    # (``_settle`` takes them per chunk: a list of ``Settled``, see ``per_chunk``)
+    settle: Any = _settle if replies is not None else None
+    return source(spec.serve, name=name, on_ack=settle)
