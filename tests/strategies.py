@@ -117,6 +117,14 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _mod3(x: int) -> int:
+    return x % 3
+
+
+def _second(kv: tuple[Any, Any]) -> Any:
+    return kv[1]
+
+
 # -- operator specs -----------------------------------------------------------------------------
 
 
@@ -186,6 +194,11 @@ class OpSpec:
         if self.kind == "scan":
             g = SCAN_FNS[self.fn]
             return [tf.scan(_async2(g, self.yields), 0, **kw) if asyncish else tf.scan(g, 0)]
+        if self.kind == "kscan":  # keyed by x % 3; the map after it keeps the accumulator
+            g = SCAN_FNS[self.fn]
+            keyed = (tf.scan(_async2(g, self.yields), 0, key=_mod3, **kw) if asyncish
+                     else tf.scan(g, 0, key=_mod3))
+            return [keyed, tf.map(_second)]
         if self.kind == "flat_map":
             h = FLAT_FNS[self.fn]
             if self.mode == "sync":
@@ -239,6 +252,13 @@ class OpSpec:
             return list(itertools.takewhile(PREDICATES[self.fn], xs))
         if self.kind == "scan":
             return list(itertools.accumulate(xs, SCAN_FNS[self.fn], initial=0))[1:]
+        if self.kind == "kscan":
+            accs: dict[int, int] = {}
+            out: list[Any] = []
+            for x in xs:
+                accs[x % 3] = SCAN_FNS[self.fn](accs.get(x % 3, 0), x)
+                out.append(accs[x % 3])
+            return out
         if self.kind == "flat_map":
             return [y for x in xs for y in FLAT_FNS[self.fn](x)]
         if self.kind == "take":
@@ -275,7 +295,7 @@ stage_buffers = st.none() | st.integers(1, 16)
 def op_specs(draw: st.DrawFn) -> OpSpec:
     """One operator, in one of the modes it supports."""
     kind = draw(st.sampled_from(
-        ["map", "filter", "flat_map", "take", "skip", "batch", "scan", "take_while", "hop"]
+        ["map", "filter", "flat_map", "take", "skip", "batch", "scan", "kscan", "take_while", "hop"]
     ))
     yields = draw(st.booleans())
     buffer = draw(stage_buffers)
@@ -293,7 +313,7 @@ def op_specs(draw: st.DrawFn) -> OpSpec:
         names = WHILE_PREDICATES if kind == "take_while" else sorted(PREDICATES)
         return OpSpec(kind=kind, fn=draw(st.sampled_from(names)),
                       mode=draw(st.sampled_from(["sync", "async"])), yields=yields, buffer=buffer)
-    if kind == "scan":
+    if kind in ("scan", "kscan"):
         return OpSpec(kind=kind, fn=draw(st.sampled_from(sorted(SCAN_FNS))),
                       mode=draw(st.sampled_from(["sync", "async"])), yields=yields, buffer=buffer)
     if kind == "flat_map":

@@ -476,3 +476,22 @@ async def test_items_an_overflow_policy_drops_are_acknowledged_with_item_dropped
     dropped = [a for a in acked if not a.ok]
     assert dropped and all(isinstance(a.error, tf.ItemDropped) for a in dropped)
     assert sorted(a.token for a in acked if a.ok) == sorted(kept)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 64])
+@pytest.mark.parametrize("kind", ["sync", "async", "keyed"])
+async def test_a_stage_after_scan_cannot_change_its_accumulator(chunk_size: int, kind: str) -> None:
+    # a 1:1 stage of a tracked run changes its item in place; the item a scan emits must
+    # not be the accumulator its next step starts from (found by the generated pipelines:
+    # scan | map(double) gave [2, 4, 18] for [1, 0, 5] instead of [2, 2, 12])
+    async def add_async(a: int, x: int) -> int:
+        return a + x
+
+    scan = {"sync": tf.scan(lambda a, x: a + x, 0),
+            "async": tf.scan(add_async, 0),
+            "keyed": tf.scan(lambda a, x: a + x, 0, key=lambda x: 0)}[kind]
+    double = ((lambda kv: kv[1] * 2) if kind == "keyed" else (lambda x: x * 2))
+    acks: list[tf.Ack] = []
+    flow = tf.from_iterable([1, 0, 5, 2], on_ack=acks.extend) | scan | tf.map(double)
+    assert await flow.to_list(chunk_size=chunk_size) == [2, 2, 12, 16]
+    assert sorted(a.token for a in acks) == [0, 1, 2, 5] and all(a.ok for a in acks)

@@ -285,16 +285,18 @@ class TakeWhileOp(Op):
 
 
 class ScanOp(Op):
-    __slots__ = ("acc", "fn")
+    __slots__ = ("acc", "fn", "tracked")
 
-    def __init__(self, name: str, fn: Callable[[Any, Any], Any], initial: Any) -> None:
+    def __init__(self, name: str, fn: Callable[[Any, Any], Any], initial: Any,
+                 tracked: bool = False) -> None:
         super().__init__(name, "scan")
         self.fn = fn
         self.acc = initial
+        self.tracked = tracked
 
     def apply_one(self, item: Any) -> Chunk:
         self.acc = self.fn(self.acc, item)  # a failed item leaves the accumulator unchanged
-        return [self.acc]
+        return [scan_output(self.acc, self.tracked)]
 
     def process(self, chunk: Chunk) -> Chunk:
         if self.guard is not None:
@@ -315,7 +317,18 @@ class ScanOp(Op):
             self.acc = acc
         self.n_in += len(chunk)
         self.n_out += len(out)
+        if self.tracked:
+            return [Tracked(t.value, t.ticket, t.index) for t in out]
         return out
+
+
+def scan_output(acc: Any, tracked: bool) -> Any:
+    """What a scan emits: its accumulator; in a run with acknowledgements a new ``Tracked``
+    with the item's ticket, so that a 1:1 stage downstream, which changes its item in
+    place, cannot change the accumulator the next step starts from."""
+    if tracked:
+        return Tracked(acc.value, acc.ticket, acc.index)
+    return acc
 
 
 def keyed_output(key: Any, acc: Any, tracked: bool) -> Any:
@@ -323,7 +336,7 @@ def keyed_output(key: Any, acc: Any, tracked: bool) -> Any:
     travels in a new ``Tracked`` with the item's ticket (the stored accumulator is never
     handed downstream, where a 1:1 stage would change it in place)."""
     if tracked:
-        return Tracked((key, acc.value), acc.ticket)
+        return Tracked((key, acc.value), acc.ticket, acc.index)
     return (key, acc)
 
 

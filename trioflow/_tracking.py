@@ -212,7 +212,7 @@ def track(spec: Any, name: str) -> Any:
                       else _lift_async_pred(spec.fn))
     if isinstance(spec, s.ScanStage):
         return evolve(spec, fn=_lift_scan(spec.fn, spec.kind), initial=Tracked(spec.initial, None),
-                      key=_lift_key(spec.key), tracked=spec.key is not None)
+                      key=_lift_key(spec.key), tracked=True)
     if isinstance(spec, s.PersistentStage):
         pfn = spec.fn
 

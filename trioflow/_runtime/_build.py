@@ -91,7 +91,7 @@ def _build_op(node: PlanNode) -> Op:
     if isinstance(spec, ScanStage) and spec.key is not None:
         return KeyedScanOp(name, spec.fn, spec.initial, spec.key, spec.tracked)
     if isinstance(spec, ScanStage):
-        return ScanOp(name, spec.fn, spec.initial)
+        return ScanOp(name, spec.fn, spec.initial, spec.tracked)
     if isinstance(spec, TakeStage):
         return TakeOp(name, spec.count)
     if isinstance(spec, SkipStage):

@@ -19,6 +19,7 @@ from .._ops import (
     KeyMemory,
     LastKey,
     keyed_output,
+    scan_output,
 )
 from .._plan import PlanNode
 from .._stage import (
@@ -171,10 +172,12 @@ class AsyncEachHead(Head):
                 self.n_out += 1
                 await emit([keyed_output(k, acc, tracked)])
         elif isinstance(spec, ScanStage):
+            tracked = spec.tracked
+
             async def step(item: Any) -> None:
                 self.acc = await fn(self.acc, item)
                 self.n_out += 1
-                await emit([self.acc])
+                await emit([scan_output(self.acc, tracked)])
         elif isinstance(spec, FlatMapStage) and streams_outputs(spec, self.guard):
             async def step(item: Any) -> None:
                 async with aclosing(fn(item)) as agen:
