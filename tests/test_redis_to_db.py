@@ -206,6 +206,9 @@ def test_postgres_two_workers_every_entry_once(redis_server: RedisServer, client
     stream = "readings"
     producer = Producer(redis_server.url, stream)
     producer.add(3000)
+    # an entry whose value is not UTF-8: dead-lettered by the source, not a failed worker
+    with redis.Redis.from_url(redis_server.url) as raw:
+        binary = raw.xadd(stream, {"id": "-1", "sensor": b"\xff\xfe", "value": "1.0"}).decode()
     workers = [start(redis_server.url, stream, name, url) for name in ("w1", "w2")]
     producer.add(3000)                                    # more while they run
     wait_until(lambda: settled(client, stream))
@@ -214,12 +217,16 @@ def test_postgres_two_workers_every_entry_once(redis_server: RedisServer, client
     good = [i for i in range(producer.next) if i not in producer.malformed]
     assert rows("SELECT id FROM readings ORDER BY id") == [(i,) for i in good]
     assert rows("SELECT sensor, value FROM readings WHERE id = 3") == [("s3", 0.75)]
-    letters = rows("SELECT entry, error FROM dead_letters ORDER BY entry")
-    assert {e for e, _ in letters} == producer.malformed_ids and len(letters) == len(producer.malformed)
-    assert all("malformed entry (ValueError" in str(err) for _, err in letters)
+    lettered = rows("SELECT entry, error FROM dead_letters")
+    letters = dict(lettered)
+    assert len(letters) == len(lettered)                  # each entry lettered once
+    assert "is not UTF-8 text" in str(letters.pop(binary))
+    assert set(letters) == producer.malformed_ids and len(letters) == len(producer.malformed)
+    assert all("malformed entry (ValueError" in str(err) for err in letters.values())
     # the two shared the work, and what they acknowledged is every entry, once
     assert all(s["read"] > 0 for _, s in results)
-    assert sum(s["acked"] for _, s in results) == producer.next
+    assert sum(s["acked"] for _, s in results) == producer.next + 1
+    assert sum(s["dead_lettered"] for _, s in results) == 1
     assert client.xpending(stream, GROUP)["pending"] == 0
 
 
