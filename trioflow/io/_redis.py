@@ -20,10 +20,11 @@ Per-entry cost. The reading thread does all the per-entry work of a reply: redis
 parsing of ``XREADGROUP``/``XAUTOCLAIM`` replies is replaced by ``_build``, which turns the
 flat reply into ``StreamEntry`` named tuples and their acknowledgement tokens, and checks
 the text (below), so the Trio thread only hands the lists on. Acknowledgements that settle
-while the reader is between reads are not sent by a call of their own: the reader sends
+while the reader reads new entries are not sent by a call of their own: the reader sends
 them (``XACK``) in the same pipeline as its next ``XREADGROUP``, one thread call and one
-round trip for both; while a read is in flight (blocked, waiting for new entries) or once
-the source has stopped reading, they are sent at once by the acknowledgement task.
+round trip for both. Those it has not taken within ``_ACK_DELAY`` (a read blocked on an
+idle stream, a reader waiting for room downstream) are sent by ``_ack_deferred``; before
+the reader starts and once it stopped, they are sent at once by the acknowledgement task.
 
 Text. Replies are decoded by hiredis as UTF-8 with ``surrogateescape``, so bytes that are
 not UTF-8 never fail a reply: each such byte becomes a lone surrogate, which no valid
@@ -218,12 +219,13 @@ class RedisConsumer:
         #: ids handed on and not yet acknowledged
         self.held: set[str] = set()
         self.closed = False
-        #: ids settled while the reader is between reads: sent with its next read
+        #: ids settled while the reader reads new entries: sent with its next read
         self._to_ack: list[str] = []
-        #: the reader takes acknowledgements along (it is between reads of ``>``)
+        #: the reader takes acknowledgements along (it reads new entries)
         self._deferring = False
-        #: set when ``_to_ack`` gets its first ids (wakes ``_ack_deferred``)
+        #: set when ``_to_ack`` gets its first ids (wakes ``_ack_deferred``), and when (Trio time)
         self._deferred = trio.Event()
+        self._deferred_at = 0.0
         self._read = self._reread = self._claimed = self._acked = self._dead = self._deleted = 0
 
     def statistics(self) -> RedisStatistics:
@@ -346,26 +348,32 @@ class RedisConsumer:
 
     # ------------------------------------------------------------ on the Trio thread
     def settled(self, ids: list[str]) -> object:
-        """The run is done with ``ids``: leave them to the reader's next read when it is
-        between reads, else acknowledge them now (an awaitable)."""
+        """The run is done with ``ids``: leave them to the reader's next read while it
+        reads new entries, else acknowledge them now (an awaitable)."""
         if self._deferring:
             if not self._to_ack:
+                self._deferred_at = trio.current_time()
                 self._deferred.set()
             self._to_ack += ids
             return None
         return self.ack(ids)
 
     async def _ack_deferred(self, emit: Emit[Any]) -> None:
-        """Acknowledge what the reader has not taken along within ``_ACK_DELAY`` (it waits
-        for room downstream): settled entries never wait long for their ``XACK``."""
+        """Acknowledge what the reader has not taken along within ``_ACK_DELAY`` (a read
+        blocked on an idle stream, or a reader waiting for room downstream): settled
+        entries never wait long for their ``XACK``."""
         while True:
             with emit.cancel_on_drain():
                 await self._deferred.wait()
                 self._deferred = trio.Event()
-                await trio.sleep(_ACK_DELAY)
+                while self._to_ack:  # (the reader may take them meanwhile, and new ones come)
+                    due = self._deferred_at + _ACK_DELAY
+                    if trio.current_time() >= due:
+                        break
+                    await trio.sleep_until(due)
             if emit.draining:
                 return  # (the reader acknowledges what is left once it stopped)
-            if self._to_ack and self._deferring:
+            if self._to_ack:
                 acks, self._to_ack = self._to_ack, []
                 await self.ack(acks)
 
@@ -450,10 +458,10 @@ class RedisConsumer:
                     nursery.start_soon(self._claim_loop, emit, guard)
                 nursery.start_soon(self._ack_deferred, emit)
                 # a drain lets the read in hand finish (at most one BLOCK), hands it on, stops
+                self._deferring = True
                 while not emit.draining:
-                    acks, self._to_ack, self._deferring = self._to_ack, [], False
+                    acks, self._to_ack = self._to_ack, []
                     read = await self._call(self._read_new, acks)
-                    self._deferring = True
                     await self._hand_on(emit, guard, read, "read")
                 self._deferring = False
                 if self._to_ack:
@@ -491,23 +499,9 @@ class RedisConsumer:
 
 def _settle(acks: list[Ack]) -> object:
     """The source's acknowledgement callback: XACK every settled entry (handled or
-    rejected downstream: either way the run is done with it), per run."""
-    consumer = acks[0].token[0]
-    ids = [ack.token[1] for ack in acks]
-    if all(ack.token[0] is consumer for ack in acks):
-        return consumer.settled(ids)
-    by_run: dict[RedisConsumer, list[str]] = {}
-    for ack in acks:
-        run, entry_id = ack.token
-        by_run.setdefault(run, []).append(entry_id)
-    return _ack_all(by_run)
-
-
-async def _ack_all(by_run: dict[RedisConsumer, list[str]]) -> None:
-    for consumer, ids in by_run.items():
-        result = consumer.settled(ids)
-        if result is not None:
-            await result  # type: ignore[misc]
+    rejected downstream: either way the run is done with it). The acknowledgements of one
+    call come from one run's ledger, so they share its ``RedisConsumer``."""
+    return acks[0].token[0].settled([ack.token[1] for ack in acks])
 
 
 @final
@@ -614,10 +608,10 @@ def redis_source(
       finish, and its entries are re-read when the consumer starts again. Bytes that are
       not UTF-8 never fail the run (see ``decode``).
 
-    Acknowledgements are batched: what settles while the reader is between reads goes in
-    the same pipeline as its next ``XREADGROUP`` (within ``0.1`` s, else on its own);
-    what settles while a read waits for new entries, or after the source stopped reading,
-    is acknowledged at once.
+    Acknowledgements are batched: what settles goes in the same pipeline as the reader's
+    next ``XREADGROUP`` if that starts within ``0.1`` s, else on its own (a read blocked
+    on an idle stream, a reader waiting for room downstream); after the source stopped
+    reading, at once.
     """
     op = "redis_source"
     import_redis(op)  # a missing extra fails here, not when the run starts
