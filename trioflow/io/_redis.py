@@ -223,8 +223,9 @@ class RedisConsumer:
         self._to_ack: list[str] = []
         #: the reader takes acknowledgements along (it reads new entries)
         self._deferring = False
-        #: set when ``_to_ack`` gets its first ids (wakes ``_ack_deferred``), and when (Trio time)
+        #: set when ``_to_ack`` gets its first ids (wakes ``_ack_deferred``) ...
         self._deferred = trio.Event()
+        #: ... and when it did (Trio time)
         self._deferred_at = 0.0
         self._read = self._reread = self._claimed = self._acked = self._dead = self._deleted = 0
 
@@ -278,7 +279,7 @@ class RedisConsumer:
     def _counts(self, raw: Sequence[Any], consumer: str) -> dict[str, int]:
         """Delivery counts of re-read or claimed entries: one XPENDING per id, pipelined (a
         range of ids could also hold other entries of this consumer)."""
-        ids = [e[0] for e in raw if e is not None]
+        ids = [e[0] for e in raw if e is not None and e[0] is not None]
         if not ids:
             return {}
         pipe = self._client.pipeline(transaction=False)
