@@ -105,6 +105,28 @@ async def test_round_trip_writer_to_source(server: RedisServer, client: redis.Re
     assert (stats.read, stats.reread, stats.claimed, stats.acked) == (1000, 0, 0, 1000)
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_both_reply_protocols(server: RedisServer, client: redis.Redis, protocol: int) -> None:
+    # the source parses raw XREADGROUP/XAUTOCLAIM replies: a map per stream (RESP3, redis-py's
+    # default) or a list (RESP2); re-read, claimed and new entries, with acknowledgements
+    stream = fresh()
+    client.xgroup_create(stream, "g", id="0", mkstream=True)
+    ids = add(client, stream, 300)
+    client.xreadgroup("g", "c", {stream: ">"}, count=100)     # pending for "c": re-read
+    client.xreadgroup("g", "dead", {stream: ">"}, count=100)  # pending for "dead": claimed
+    got: list[tfio.StreamEntry] = []
+    consumers: list[tfio.RedisConsumer] = []
+    flow = (tfio.redis_source(f"{server.url}?protocol={protocol}", stream, "g", "c", count=50, block_ms=300,
+                              claim_min_idle=0.05, on_start=consumers.append)
+            | tf.batch(30, timeout=0.01) | tf.sink(got.extend))
+    assert await run_until(flow, lambda: len(got) == 300 and pending(client, stream, "g") == 0) is (
+        tf.RunState.COMPLETED)
+    assert sorted(e.id for e in got) == sorted(ids)
+    assert {e.id: e.fields for e in got}[ids[7]] == {"n": "7", "text": "item 7"}
+    stats = consumers[0].statistics()
+    assert (stats.reread, stats.claimed, stats.read, stats.acked) == (100, 100, 100, 300)
+
+
 async def test_rejected_entries_are_acknowledged_after_their_letter(
         server: RedisServer, client: redis.Redis) -> None:
     stream = fresh()
