@@ -384,8 +384,7 @@ async def test_stopped_sink_bounds_what_the_source_reads(server: RedisServer,
 async def test_entries_done_while_the_reader_waits_for_room_are_acknowledged(
         server: RedisServer, client: redis.Redis) -> None:
     # the sink is slow, then stops at entry 50: the reader fills the pipeline and waits in
-    # its emit, so the acknowledgements of 0-49 cannot ride on its next read; they are
-    # sent anyway
+    # its emit; the acknowledgements of 0-49 do not wait for it
     stream, n = fresh(), 2000
     add(client, stream, n)
     sink = Gate(50, pause=0.01)                        # slower than the reader: it gets ahead

@@ -19,12 +19,10 @@ with it (``docs/acknowledgements.md``), in batches.
 Per-entry cost. The reading thread does all the per-entry work of a reply: redis-py's own
 parsing of ``XREADGROUP``/``XAUTOCLAIM`` replies is replaced by ``_build``, which turns the
 flat reply into ``StreamEntry`` named tuples and their acknowledgement tokens, and checks
-the text (below), so the Trio thread only hands the lists on. Acknowledgements that settle
-while the reader reads new entries are not sent by a call of their own: the reader sends
-them (``XACK``) in the same pipeline as its next ``XREADGROUP``, one thread call and one
-round trip for both. Those it has not taken within ``_ACK_DELAY`` (a read blocked on an
-idle stream, a reader waiting for room downstream) are sent by ``_ack_deferred``; before
-the reader starts and once it stopped, they are sent at once by the acknowledgement task.
+the text (below), so the Trio thread only hands the lists on. Acknowledgements go in their
+own thread call as soon as they settle (sending them in the same pipeline as the next
+``XREADGROUP`` was tried and measured: no CPU saved per entry, and two workers sharing a
+database were slower with it; ``docs/benchmarks.md``).
 
 Text. Replies are decoded by hiredis as UTF-8 with ``surrogateescape``, so bytes that are
 not UTF-8 never fail a reply: each such byte becomes a lone surrogate, which no valid
@@ -46,7 +44,6 @@ source has returned, every acknowledgement call closes the pool's connections af
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import ModuleType
@@ -64,8 +61,6 @@ from .._runtime import Emit
 from .._stage import Stage
 from ._writer import writer_stage
 
-logger = logging.getLogger("trioflow.io.redis")
-
 #: most ids in one XACK command (a pipeline carries several)
 _ACK_CHUNK = 1000
 #: seconds a socket read may exceed the BLOCK time before the connection counts as lost
@@ -73,11 +68,6 @@ _SOCKET_SLACK = 10.0
 #: connections of a source's pool (and tokens of its limiter): the reader, the claim loop,
 #: the acknowledgements
 _SOURCE_CONNECTIONS = 3
-#: bound on sending the acknowledgements a stopping reader still held, when its run failed
-_FLUSH_TIMEOUT = 5.0
-#: seconds settled entries may wait for the reader's next read (while it waits for room
-#: downstream) before they are acknowledged by a call of their own
-_ACK_DELAY = 0.1
 
 M = TypeVar("M", bound="Mapping[str, object] | Mapping[bytes, object] | StreamEntry | RawStreamEntry")
 
@@ -193,11 +183,9 @@ class _Read(NamedTuple):
     gone: list[str]
     #: entries that ``decode=True`` could not decode, as ``RawStreamEntry``, with the error
     undecodable: list[tuple[RawStreamEntry, UnicodeDecodeError]]
-    #: ids acknowledged in the same call (sent before the read)
-    acked: list[str]
 
 
-_NO_READ = _Read([], [], [], [], [], [])
+_NO_READ = _Read([], [], [], [], [])
 
 
 @final
@@ -219,14 +207,6 @@ class RedisConsumer:
         #: ids handed on and not yet acknowledged
         self.held: set[str] = set()
         self.closed = False
-        #: ids settled while the reader reads new entries: sent with its next read
-        self._to_ack: list[str] = []
-        #: the reader takes acknowledgements along (it reads new entries)
-        self._deferring = False
-        #: set when ``_to_ack`` gets its first ids (wakes ``_ack_deferred``) ...
-        self._deferred = trio.Event()
-        #: ... and when it did (Trio time)
-        self._deferred_at = 0.0
         self._read = self._reread = self._claimed = self._acked = self._dead = self._deleted = 0
 
     def statistics(self) -> RedisStatistics:
@@ -245,20 +225,11 @@ class RedisConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def _read_new(self, acks: list[str]) -> _Read:
-        """``XACK`` of ``acks`` and the next ``XREADGROUP ... >``, in one pipeline."""
+    def _read_new(self) -> _Read:
         spec = self.spec
-        if acks:
-            pipe = self._client.pipeline(transaction=False)
-            self._queue_xack(pipe, acks)
-            pipe.xreadgroup(spec.group, spec.consumer, {spec.stream: ">"}, count=spec.count,
-                            block=spec.block_ms)
-            reply = pipe.execute()[-1]
-        else:
-            reply = self._client.xreadgroup(spec.group, spec.consumer, {spec.stream: ">"},
-                                            count=spec.count, block=spec.block_ms)
-        read = self._build(_entries(reply), None)
-        return read._replace(acked=acks) if acks else read
+        reply = self._client.xreadgroup(spec.group, spec.consumer, {spec.stream: ">"},
+                                        count=spec.count, block=spec.block_ms)
+        return self._build(_entries(reply), None)
 
     def _read_own(self, after: str) -> tuple[_Read, str | None]:
         """Own pending entries after ``after``, with their delivery counts, and the id to
@@ -321,7 +292,7 @@ class RedisConsumer:
                 entries.append(_new(RawStreamEntry, (entry_id, dict(zip(it, it, strict=True)), n)))
             tokens.append((self, entry_id))
             ids.append(entry_id)
-        return _Read(entries, tokens, ids, gone, bad, [])
+        return _Read(entries, tokens, ids, gone, bad)
 
     def _undecodable(self, entry_id: str, flat: list[str], n: int
                      ) -> tuple[RawStreamEntry, UnicodeDecodeError]:
@@ -337,56 +308,20 @@ class RedisConsumer:
         it = iter(data)
         return _new(RawStreamEntry, (entry_id, dict(zip(it, it, strict=True)), n)), error
 
-    def _queue_xack(self, pipe: Any, ids: Sequence[str]) -> None:
+    def _xack(self, ids: Sequence[str]) -> None:
         spec = self.spec
+        pipe = self._client.pipeline(transaction=False)
         for i in range(0, len(ids), _ACK_CHUNK):
             pipe.xack(spec.stream, spec.group, *ids[i:i + _ACK_CHUNK])
-
-    def _xack(self, ids: Sequence[str]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        self._queue_xack(pipe, ids)
         pipe.execute()
 
     # ------------------------------------------------------------ on the Trio thread
-    def settled(self, ids: list[str]) -> object:
-        """The run is done with ``ids``: leave them to the reader's next read while it
-        reads new entries, else acknowledge them now (an awaitable)."""
-        if self._deferring:
-            if not self._to_ack:
-                self._deferred_at = trio.current_time()
-                self._deferred.set()
-            self._to_ack += ids
-            return None
-        return self.ack(ids)
-
-    async def _ack_deferred(self, emit: Emit[Any]) -> None:
-        """Acknowledge what the reader has not taken along within ``_ACK_DELAY`` (a read
-        blocked on an idle stream, or a reader waiting for room downstream): settled
-        entries never wait long for their ``XACK``."""
-        while True:
-            with emit.cancel_on_drain():
-                await self._deferred.wait()
-                self._deferred = trio.Event()
-                while self._to_ack:  # (the reader may take them meanwhile, and new ones come)
-                    due = self._deferred_at + _ACK_DELAY
-                    if trio.current_time() >= due:
-                        break
-                    await trio.sleep_until(due)
-            if emit.draining:
-                return  # (the reader acknowledges what is left once it stopped)
-            if self._to_ack:
-                acks, self._to_ack = self._to_ack, []
-                await self.ack(acks)
-
     async def ack(self, ids: list[str]) -> None:
         try:
             await self._call(self._xack, ids)
         finally:
             if self.closed:
                 self._pool.disconnect()
-        self._acked_now(ids)
-
-    def _acked_now(self, ids: list[str]) -> None:
         self._acked += len(ids)
         self.held.difference_update(ids)
 
@@ -395,8 +330,6 @@ class RedisConsumer:
         re-read or claimed ones ("reread", "claimed"), which may be held already or
         delivered too often. Deleted, undecodable and poison entries are acknowledged
         instead (the last two after their letter is written)."""
-        if read.acked:
-            self._acked_now(read.acked)
         entries, tokens, ids = read.entries, read.tokens, read.ids
         done = list(read.gone)
         self._deleted += len(done)
@@ -457,29 +390,12 @@ class RedisConsumer:
             async with trio.open_nursery() as nursery:
                 if spec.claim_min_idle is not None:
                     nursery.start_soon(self._claim_loop, emit, guard)
-                nursery.start_soon(self._ack_deferred, emit)
                 # a drain lets the read in hand finish (at most one BLOCK), hands it on, stops
-                self._deferring = True
                 while not emit.draining:
-                    acks, self._to_ack = self._to_ack, []
-                    read = await self._call(self._read_new, acks)
-                    await self._hand_on(emit, guard, read, "read")
-                self._deferring = False
-                if self._to_ack:
-                    acks, self._to_ack = self._to_ack, []
-                    await self.ack(acks)
-                # the claim loop and _ack_deferred return on their own: they see the drain
+                    await self._hand_on(emit, guard, await self._call(self._read_new), "read")
+                # the claim loop returns on its own: it sees the drain between sweeps
         finally:
-            self._deferring = False
             self.closed = True
-            if self._to_ack:  # the run failed or was cancelled: what had settled is still done
-                acks, self._to_ack = self._to_ack, []
-                with trio.move_on_after(_FLUSH_TIMEOUT, shield=True):
-                    try:
-                        await self.ack(acks)
-                    except Exception as exc:  # the entries stay pending: delivered again
-                        logger.warning("trioflow: redis_source could not acknowledge %d entries "
-                                       "while stopping: %r", len(acks), exc)
             self._pool.disconnect(inuse_connections=False)
 
     async def _claim_loop(self, emit: Emit[Any], guard: Guard) -> None:
@@ -502,7 +418,7 @@ def _settle(acks: list[Ack]) -> object:
     """The source's acknowledgement callback: XACK every settled entry (handled or
     rejected downstream: either way the run is done with it). The acknowledgements of one
     call come from one run's ledger, so they share its ``RedisConsumer``."""
-    return acks[0].token[0].settled([ack.token[1] for ack in acks])
+    return acks[0].token[0].ack([ack.token[1] for ack in acks])
 
 
 @final
@@ -608,11 +524,6 @@ def redis_source(
       dead-letter target or from downstream; a failed run acknowledges nothing it did not
       finish, and its entries are re-read when the consumer starts again. Bytes that are
       not UTF-8 never fail the run (see ``decode``).
-
-    Acknowledgements are batched: what settles goes in the same pipeline as the reader's
-    next ``XREADGROUP`` if that starts within ``0.1`` s, else on its own (a read blocked
-    on an idle stream, a reader waiting for room downstream); after the source stopped
-    reading, at once.
     """
     op = "redis_source"
     import_redis(op)  # a missing extra fails here, not when the run starts
