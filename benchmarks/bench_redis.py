@@ -25,7 +25,9 @@ drain and exit 0). The result checked is the table's ``(count(*), sum(id))``.
 The harness's own table times each whole cycle (copy, process start, run, stop): those
 wall times are shown but are not the figures. The figures (entries/s from ``ready`` to the
 last acknowledgement, their medians, ratios and noise) are collected by every cycle and
-reported by the measurement pass as notes and as goals. Loopback only; the redis-server,
+reported by the measurement pass as notes and as goals, with the workers' CPU time per
+entry (from ``/proc``), which other load on the machine disturbs less than entries/s, and
+the 1-worker-vs-loop ratio by that CPU time (a note, not a goal). Loopback only; the redis-server,
 the workers and this process share the machine's cores.
 """
 
@@ -193,11 +195,18 @@ def workload(n: int, reps: int) -> Workload:
             figures[f"{name}_spread"] = _spread(times)
             cpu_w = statistics.median(r[1] / r[0] for r in rows)
             cpu_r = statistics.median(r[2] / r[0] for r in rows)
+            # the workers' CPU time per entry: less sensitive to other load than entries/s
+            per_entry = [r[1] / n * 1e6 for r in rows]
+            figures[f"{name}_cpu_us"] = statistics.median(per_entry)
             notes.append(f"{name}: {n / med[name]:,.0f} entries/s (median of {len(times)}; runs "
                          f"{', '.join(f'{n / t / 1e3:.1f}k' for t in times)}; spread {_spread(times):.0%}); "
-                         f"CPU busy: workers {cpu_w:.2f} cores, redis-server {cpu_r:.2f} cores")
+                         f"CPU busy: workers {cpu_w:.2f} cores, redis-server {cpu_r:.2f} cores; "
+                         f"worker CPU per entry {statistics.median(per_entry):.1f} us "
+                         f"({', '.join(f'{x:.1f}' for x in per_entry)})")
         figures["scaling"] = med["trioflow_1"] / med["trioflow_2"]
         figures["vs_plain"] = med["plain_1"] / med["trioflow_1"]
+        figures["vs_plain_cpu"] = figures["plain_1_cpu_us"] / figures["trioflow_1_cpu_us"]
+        notes.append(f"1 worker vs plain by CPU per entry (plain / trioflow): {figures['vs_plain_cpu']:.1%}")
         pairs = list(zip(runs["trioflow_1"], runs["trioflow_2"], runs["plain_1"], strict=True))
         scal = [a[0] / b[0] for a, b, _ in pairs]
         vs = [c[0] / a[0] for a, _, c in pairs]

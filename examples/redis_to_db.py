@@ -10,8 +10,9 @@ upsert its readings into a database; the entries of a worker that died are taken
 NULL)`` in SQLite (a path) or PostgreSQL (a ``postgresql://`` URL). Entries carry the
 fields ``id``, ``sensor``, ``value``; a malformed entry goes to the ``dead_letters`` table
 (a branch of the graph with its own writer, so it is acknowledged once its row is
-committed), as is one delivered more than ``--max-deliveries`` times (through the
-source's ``dead_letters`` channel: acknowledged once queued for that table). The group
+committed), as is one delivered more than ``--max-deliveries`` times or holding bytes that
+are not UTF-8 (through the source's ``dead_letters`` channel: acknowledged once queued for
+that table). The group
 may already exist. A worker restarted under the same name first re-reads its own pending
 entries; entries of a consumer that stopped are claimed by the others (after
 ``--claim-min-idle`` seconds). Once ready it prints ``ready NAME``; SIGINT/SIGTERM drain

@@ -61,6 +61,15 @@ async def wait_for(cond: Callable[[], bool]) -> None:
             await trio.sleep(0.01)
 
 
+async def steady(value: Callable[[], int]) -> int:
+    """``value()`` once it stopped changing for 0.5 s (several BLOCK periods)."""
+    last = -1
+    while (now := value()) != last:
+        last = now
+        await trio.sleep(0.5)
+    return now
+
+
 async def run_until(flow: tf.Flow[Any] | Any, cond: Callable[[], bool],
                     consumers: list[tfio.RedisConsumer] | None = None) -> tf.RunState:
     """Run ``flow`` (a pipeline with a sink) until ``cond()``, then drain it."""
@@ -94,6 +103,28 @@ async def test_round_trip_writer_to_source(server: RedisServer, client: redis.Re
     assert pending(client, stream, "g") == 0              # all acknowledged by the drain's end
     stats = consumers[0].statistics()
     assert (stats.read, stats.reread, stats.claimed, stats.acked) == (1000, 0, 0, 1000)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_both_reply_protocols(server: RedisServer, client: redis.Redis, protocol: int) -> None:
+    # the source parses raw XREADGROUP/XAUTOCLAIM replies: a map per stream (RESP3, redis-py's
+    # default) or a list (RESP2); re-read, claimed and new entries, with acknowledgements
+    stream = fresh()
+    client.xgroup_create(stream, "g", id="0", mkstream=True)
+    ids = add(client, stream, 300)
+    client.xreadgroup("g", "c", {stream: ">"}, count=100)     # pending for "c": re-read
+    client.xreadgroup("g", "dead", {stream: ">"}, count=100)  # pending for "dead": claimed
+    got: list[tfio.StreamEntry] = []
+    consumers: list[tfio.RedisConsumer] = []
+    flow = (tfio.redis_source(f"{server.url}?protocol={protocol}", stream, "g", "c", count=50, block_ms=300,
+                              claim_min_idle=0.05, on_start=consumers.append)
+            | tf.batch(30, timeout=0.01) | tf.sink(got.extend))
+    assert await run_until(flow, lambda: len(got) == 300 and pending(client, stream, "g") == 0) is (
+        tf.RunState.COMPLETED)
+    assert sorted(e.id for e in got) == sorted(ids)
+    assert {e.id: e.fields for e in got}[ids[7]] == {"n": "7", "text": "item 7"}
+    stats = consumers[0].statistics()
+    assert (stats.reread, stats.claimed, stats.read, stats.acked) == (100, 100, 100, 300)
 
 
 async def test_rejected_entries_are_acknowledged_after_their_letter(
@@ -302,29 +333,43 @@ async def test_entry_deleted_while_pending_is_acknowledged(server: RedisServer,
 # ------------------------------------------------------------------- backpressure, drain
 
 
+class Gate:
+    """A sink that stops at entry ``n`` == ``stop_at`` until ``go`` is set (``pause``: a
+    short sleep per entry before it, so that the reader gets ahead)."""
+
+    def __init__(self, stop_at: int, pause: float = 0.0) -> None:
+        self.stop_at = str(stop_at)
+        self.pause = pause
+        self.go = trio.Event()
+        self.got: list[tfio.StreamEntry] = []
+        self.consumers: list[tfio.RedisConsumer] = []
+
+    def flow(self, url: str, stream: str, count: int) -> Any:
+        """A source reading ``stream`` into this sink."""
+        return (tfio.redis_source(url, stream, "g", "c", count=count, block_ms=300,
+                                  on_start=self.consumers.append)
+                | tf.sink(self))
+
+    async def __call__(self, e: tfio.StreamEntry) -> None:
+        if e.fields["n"] == self.stop_at:
+            await self.go.wait()
+        elif self.pause and not self.go.is_set():
+            await trio.sleep(self.pause)
+        self.got.append(e)
+
+
 async def test_stopped_sink_bounds_what_the_source_reads(server: RedisServer,
                                                          client: redis.Redis) -> None:
     stream, n = fresh(), 5000
     add(client, stream, n)
-    go = trio.Event()
-    got: list[tfio.StreamEntry] = []
-    consumers: list[tfio.RedisConsumer] = []
-
-    async def sink(e: tfio.StreamEntry) -> None:
-        await go.wait()
-        got.append(e)
-
-    flow = (tfio.redis_source(server.url, stream, "g", "c", count=100, block_ms=300,
-                              on_start=consumers.append)
-            | tf.sink(sink))
+    sink = Gate(0)
+    go, got, consumers = sink.go, sink.got, sink.consumers
+    flow = sink.flow(server.url, stream, count=100)
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(flow.run)
         # the pipeline fills up, then the source stops reading
         await wait_for(lambda: pending(client, stream, "g") > 0)
-        last = -1
-        while (now := pending(client, stream, "g")) != last:
-            last = now
-            await trio.sleep(0.5)                      # several BLOCK periods: no read more
+        now = await steady(lambda: pending(client, stream, "g"))   # no read more
         stats = consumers[0].statistics()
         assert now == stats.read < n                   # the pending list is what it read
         assert now <= 100 * 10                         # edges and one read, far from the stream
@@ -334,6 +379,30 @@ async def test_stopped_sink_bounds_what_the_source_reads(server: RedisServer,
         assert await handle.drain(timeout=WAIT) is tf.RunState.COMPLETED
     assert [int(e.fields["n"]) for e in got] == list(range(n))
     assert pending(client, stream, "g") == 0
+
+
+async def test_entries_done_while_the_reader_waits_for_room_are_acknowledged(
+        server: RedisServer, client: redis.Redis) -> None:
+    # the sink is slow, then stops at entry 50: the reader fills the pipeline and waits in
+    # its emit; the acknowledgements of 0-49 do not wait for it
+    stream, n = fresh(), 2000
+    add(client, stream, n)
+    sink = Gate(50, pause=0.01)                        # slower than the reader: it gets ahead
+    go, got, consumers = sink.go, sink.got, sink.consumers
+    flow = sink.flow(server.url, stream, count=10)
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(flow.run)
+        await wait_for(lambda: len(got) == 50)
+        stats = consumers[0].statistics
+        await steady(lambda: stats().read)             # the reader waits in its emit
+        await wait_for(lambda: stats().acked == 50)
+        assert stats().read > 50                              # the reader is ahead, waiting
+        assert pending(client, stream, "g") == stats().read - 50
+        go.set()
+        await wait_for(lambda: len(got) == n)
+        assert await handle.drain(timeout=WAIT) is tf.RunState.COMPLETED
+    assert pending(client, stream, "g") == 0
+    assert consumers[0].statistics().acked == n
 
 
 async def test_drain_hands_on_what_was_read_and_reads_no_more(server: RedisServer,
@@ -467,6 +536,106 @@ async def test_writer_refuses_an_item_that_is_not_a_mapping(server: RedisServer)
     assert info.group_contains(TypeError, match="non-empty mappings of fields")
 
 
+# ----------------------------------------------------------------- binary field values
+
+#: values that are not UTF-8: a lone continuation byte, NUL and 0xff, a truncated sequence,
+#: an encoded surrogate (which strict UTF-8 refuses), random bytes
+_BINARY = [b"\x80", b"\x00\xff\x00", b"caf\xc3", b"\xed\xa0\x80", random.Random(5).randbytes(64) + b"\xff"]
+#: text that is UTF-8 but not ASCII, and empty values
+_TEXT = ["caf\u00e9", "\u65e5\u672c", "\U0001f600", ""]
+
+
+def _raw_client(server: RedisServer) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=server.port)   # replies as bytes
+
+
+def _lettering(server: RedisServer, stream: str) -> tuple[
+        Any, list[tfio.StreamEntry], list[tf.DeadLetterEntry], list[tfio.RedisConsumer]]:
+    """A decoding source into a list, with its dead letters into another."""
+    letters: list[tf.DeadLetterEntry] = []
+    got: list[tfio.StreamEntry] = []
+    consumers: list[tfio.RedisConsumer] = []
+    flow = (tfio.redis_source(server.url, stream, "g", "c", block_ms=300,
+                              dead_letters=tf.DeadLetter(letters), on_start=consumers.append)
+            | tf.sink(got.append))
+    return flow, got, letters, consumers
+
+
+async def test_binary_values_reach_the_pipeline_intact_with_decode_false(server: RedisServer) -> None:
+    # written by write_redis_stream (bytes names and values), read back raw, copied raw
+    src, dst = fresh(), fresh()
+    rows: list[dict[bytes, bytes]] = [{b"n": str(i).encode(), b"blob": v, b"\xfe\xff": v[::-1]}
+                                      for i, v in enumerate(_BINARY + [t.encode() for t in _TEXT])]
+    await (tf.from_iterable(rows) | tf.batch(3)
+           | tfio.write_redis_stream(server.url, src) | tf.sink(lambda b: None)).run()
+    with _raw_client(server) as raw:
+        assert [f for _, f in raw.xrange(src)] == rows                  # written as given
+
+        got: list[tfio.RawStreamEntry] = []
+        consumers: list[tfio.RedisConsumer] = []
+        flow = (tfio.redis_source(server.url, src, "g", "c", block_ms=300, decode=False,
+                                  on_start=consumers.append)
+                | tf.tap(got.append) | tf.batch(4, timeout=0.05)
+                | tfio.write_redis_stream(server.url, dst) | tf.sink(lambda b: None))
+        assert await run_until(flow, lambda: raw.xlen(dst) == len(rows)) is tf.RunState.COMPLETED
+        assert all(type(e) is tfio.RawStreamEntry for e in got)
+        assert [dict(e.fields) for e in got] == rows                     # every byte, every field
+        assert [f for _, f in raw.xrange(dst)] == rows                   # the copy too
+        assert [e.id for e in got] == [i.decode() for i, _ in raw.xrange(src)]
+        assert raw.xpending(src, "g")["pending"] == 0
+        assert consumers[0].statistics().dead_lettered == 0
+
+
+async def test_an_entry_that_is_not_utf8_is_dead_lettered_with_its_bytes(
+        server: RedisServer, client: redis.Redis) -> None:
+    # decode=True (the default): text, non-ASCII text included, is emitted; an entry with
+    # bytes that are not UTF-8 goes to the dead letters, bytes intact, and is acknowledged
+    stream = fresh()
+    values: list[str | bytes] = ["plain", *_TEXT, *_BINARY]
+    with _raw_client(server) as raw:
+        ids = [raw.xadd(stream, {"n": str(i), "v": v}).decode() for i, v in enumerate(values)]
+    # and one whose field name is not UTF-8
+    ids.append(client.xadd(stream, {"n": "x"}))
+    with _raw_client(server) as raw:
+        ids.append(raw.xadd(stream, {b"\xff": b"name"}).decode())
+    flow, got, letters, consumers = _lettering(server, stream)
+    n_text = 1 + len(_TEXT) + 1
+    assert await run_until(flow, lambda: len(got) + len(letters) == len(ids)) is tf.RunState.COMPLETED
+    assert all(type(e) is tfio.StreamEntry for e in got)
+    texts = values[:1 + len(_TEXT)]
+    assert [e.fields for e in got] == [{"n": str(i), "v": v} for i, v in enumerate(texts)] + [{"n": "x"}]
+    assert [e.item.id for e in letters] == ids[1 + len(_TEXT):-2] + ids[-1:]
+    for letter, value in zip(letters, _BINARY, strict=False):
+        assert type(letter.item) is tfio.RawStreamEntry
+        assert letter.item.fields == {b"n": str(values.index(value)).encode(), b"v": value}
+    assert letters[-1].item.fields == {b"\xff": b"name"}
+    for letter in letters:
+        assert isinstance(letter.exception, tfio.UndecodableEntry)
+        assert isinstance(letter.exception.__cause__, UnicodeDecodeError)
+        assert "is not UTF-8 text" in str(letter.exception) and "decode=False" in str(letter.exception)
+    assert len(got) == n_text
+    stats = consumers[0].statistics()
+    assert stats.dead_lettered == len(_BINARY) + 1 and stats.acked == len(ids)
+    assert pending(client, stream, "g") == 0
+
+
+async def test_an_undecodable_pending_entry_is_dead_lettered_on_reread(
+        server: RedisServer, client: redis.Redis) -> None:
+    stream = fresh()
+    client.xgroup_create(stream, "g", id="0", mkstream=True)
+    with _raw_client(server) as raw:
+        bad = raw.xadd(stream, {"v": b"\xc3("}).decode()
+        raw.xreadgroup("g", "c", {stream: ">"})                 # delivered, never acknowledged
+    good = client.xadd(stream, {"v": "ok"})
+    flow, got, letters, consumers = _lettering(server, stream)
+    assert await run_until(flow, lambda: len(got) == 1) is tf.RunState.COMPLETED
+    [letter] = letters
+    assert letter.item == tfio.RawStreamEntry(id=bad, fields={b"v": b"\xc3("}, deliveries=2)
+    assert [e.id for e in got] == [good]
+    assert consumers[0].statistics().dead_lettered == 1
+    assert pending(client, stream, "g") == 0
+
+
 # ------------------------------------------------------------------ definition, imports
 
 
@@ -486,6 +655,8 @@ def test_bad_types_are_refused() -> None:
         tfio.redis_source("redis://localhost", "s", "g", "c", dead_letters=[])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="stream of redis_source"):
         tfio.redis_source("redis://localhost", "", "g", "c")
+    with pytest.raises(TypeError, match="decode of redis_source must be a bool"):
+        tfio.redis_source("redis://localhost", "s", "g", "c", decode="utf-8")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="maxlen of write_redis_stream"):
         tfio.write_redis_stream("redis://localhost", "s", maxlen=0)
 

@@ -21,10 +21,12 @@ from ._framing import LengthPrefixed as LengthPrefixed
 from ._framing import Lines as Lines
 from ._postgres import open_postgres_dead_letters as open_postgres_dead_letters
 from ._postgres import write_postgres as write_postgres
+from ._redis import RawStreamEntry as RawStreamEntry
 from ._redis import RedisConsumer as RedisConsumer
 from ._redis import RedisStatistics as RedisStatistics
 from ._redis import StreamEntry as StreamEntry
 from ._redis import TooManyDeliveries as TooManyDeliveries
+from ._redis import UndecodableEntry as UndecodableEntry
 from ._redis import redis_source as redis_source
 from ._redis import write_redis_stream as write_redis_stream
 from ._sqlite import open_sqlite_dead_letters as open_sqlite_dead_letters
@@ -49,6 +51,7 @@ __all__ = [
     "LengthPrefixed",
     "Lines",
     "Received",
+    "RawStreamEntry",
     "RedisConsumer",
     "RedisStatistics",
     "Rejected",
@@ -59,6 +62,7 @@ __all__ = [
     "TcpServer",
     "TcpStatistics",
     "TooManyDeliveries",
+    "UndecodableEntry",
     "open_postgres_dead_letters",
     "open_sqlite_dead_letters",
     "redis_source",

@@ -14,7 +14,23 @@ consumer's pending list on the server: that is why the source first re-reads its
 pending entries (``XREADGROUP ... 0``) when it starts, and why a claim loop
 (``XAUTOCLAIM``) takes over the entries of a consumer that stopped for good. Delivery is
 therefore at least once; an entry is acknowledged (``XACK``) only once the run is done
-with it (``docs/acknowledgements.md``), in batches, from the run's acknowledgement task.
+with it (``docs/acknowledgements.md``), in batches.
+
+Per-entry cost. The reading thread does all the per-entry work of a reply: redis-py's own
+parsing of ``XREADGROUP``/``XAUTOCLAIM`` replies is replaced by ``_build``, which turns the
+flat reply into ``StreamEntry`` named tuples and their acknowledgement tokens, and checks
+the text (below), so the Trio thread only hands the lists on. Acknowledgements go in their
+own thread call as soon as they settle (sending them in the same pipeline as the next
+``XREADGROUP`` was tried and measured: no CPU saved per entry, and two workers sharing a
+database were slower with it; ``docs/benchmarks.md``).
+
+Text. Replies are decoded by hiredis as UTF-8 with ``surrogateescape``, so bytes that are
+not UTF-8 never fail a reply: each such byte becomes a lone surrogate, which no valid
+UTF-8 text decodes to, and ``s.encode("utf-8", "surrogateescape")`` gives the bytes back
+exactly. With ``decode=True`` an entry whose text holds such a byte is dead-lettered
+(``UndecodableEntry``, its letter holding a ``RawStreamEntry`` with the bytes) and
+acknowledged; with ``decode=False`` every entry is a ``RawStreamEntry``. A whole read is
+checked at once (``str.isascii``, then one ``encode``), entry by entry only when that fails.
 
 Entries this run holds are remembered (``_Consumer.held``, removed when acknowledged), so
 the claim loop never hands on an entry of its own that is still on its way through the
@@ -31,7 +47,7 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import ModuleType
-from typing import Any, TypeVar, final
+from typing import Any, Literal, NamedTuple, TypeVar, final, overload
 
 import attrs
 import trio
@@ -53,9 +69,9 @@ _SOCKET_SLACK = 10.0
 #: the acknowledgements
 _SOURCE_CONNECTIONS = 3
 
-M = TypeVar("M", bound="Mapping[str, object] | StreamEntry")
-#: an entry as redis-py returns it: (id, fields); (None, None) for one deleted meanwhile
-_Raw = tuple[str | None, dict[str, str] | None]
+M = TypeVar("M", bound="Mapping[str, object] | Mapping[bytes, object] | StreamEntry | RawStreamEntry")
+
+_new = tuple.__new__
 
 
 def import_redis(op: str) -> ModuleType:
@@ -68,9 +84,9 @@ def import_redis(op: str) -> ModuleType:
 
 
 @final
-@attrs.frozen(kw_only=True)
-class StreamEntry:
-    """One entry of a Redis stream, as ``redis_source`` emits it."""
+class StreamEntry(NamedTuple):
+    """One entry of a Redis stream, as ``redis_source`` emits it (``decode=True``, the
+    default). A named tuple: ``entry.id``, ``entry.fields``, ``entry.deliveries``."""
 
     #: the entry's id (``"1700000000000-0"``): unique in the stream, a natural upsert key
     id: str
@@ -81,8 +97,28 @@ class StreamEntry:
     deliveries: int = 1
 
 
+@final
+class RawStreamEntry(NamedTuple):
+    """One entry of a Redis stream with its field names and values as stored (``bytes``):
+    what ``redis_source(..., decode=False)`` emits, and the item of the dead letter of an
+    entry that ``decode=True`` could not decode."""
+
+    #: the entry's id (``"1700000000000-0"``)
+    id: str
+    #: the entry's fields and values, exactly the bytes the stream holds
+    fields: Mapping[bytes, bytes]
+    #: how many times the group delivered the entry
+    deliveries: int = 1
+
+
 class TooManyDeliveries(TrioflowError):
     """An entry was delivered more than ``max_deliveries`` times (the exception of its dead letter)."""
+
+
+class UndecodableEntry(TrioflowError):
+    """An entry's field name or value is not UTF-8 text, and ``redis_source`` decodes
+    (``decode=True``): the exception of its dead letter, whose item is the entry as a
+    ``RawStreamEntry`` (its bytes intact). ``__cause__`` is the ``UnicodeDecodeError``."""
 
 
 @final
@@ -98,10 +134,58 @@ class RedisStatistics:
     claimed: int
     #: entries acknowledged (``XACK``), dead letters included
     acked: int
-    #: entries given up after ``max_deliveries`` (dead-lettered or skipped, then acknowledged)
+    #: entries given up (dead-lettered or skipped, then acknowledged): delivered more than
+    #: ``max_deliveries`` times, or not UTF-8 with ``decode=True``
     dead_lettered: int
     #: pending entries deleted from the stream meanwhile (acknowledged, nothing to emit)
     deleted: int
+
+
+def _raw(reply: Any, **options: Any) -> Any:
+    """The reply as hiredis gave it (``_build`` parses it in the reading thread)."""
+    return reply
+
+
+def _entries(reply: Any) -> list[Any]:
+    """The entries of a raw ``XREADGROUP`` reply on one stream: a map of stream to entries
+    (RESP3, redis-py's default), or a list of ``[stream, entries]`` (RESP2); None when a
+    BLOCK timed out."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return next(iter(reply.values()))
+    return reply[0][1]  # type: ignore[no-any-return]
+
+
+def _undecodable(text: str) -> bool:
+    """Does ``text`` (decoded with ``surrogateescape``) hold bytes that were not UTF-8?"""
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _to_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+class _Read(NamedTuple):
+    """One reply, built in the reading thread: what to emit and what to settle at once."""
+
+    #: entries to hand on, with their acknowledgement tokens and ids
+    entries: list[Any]
+    tokens: list[tuple[RedisConsumer, str]]
+    ids: list[str]
+    #: ids of pending entries deleted from the stream meanwhile
+    gone: list[str]
+    #: entries that ``decode=True`` could not decode, as ``RawStreamEntry``, with the error
+    undecodable: list[tuple[RawStreamEntry, UnicodeDecodeError]]
+
+
+_NO_READ = _Read([], [], [], [], [])
 
 
 @final
@@ -113,9 +197,12 @@ class RedisConsumer:
         self.limiter = trio.CapacityLimiter(_SOURCE_CONNECTIONS)
         self._pool = redis.ConnectionPool.from_url(
             spec.url, max_connections=_SOURCE_CONNECTIONS, decode_responses=True,
+            encoding_errors="surrogateescape",
             socket_timeout=spec.block_ms / 1000 + _SOCKET_SLACK, socket_connect_timeout=_SOCKET_SLACK,
         )
         self._client = redis.Redis(connection_pool=self._pool)
+        for command in ("XREADGROUP", "XAUTOCLAIM"):
+            self._client.set_response_callback(command, _raw)
         self._redis = redis
         #: ids handed on and not yet acknowledged
         self.held: set[str] = set()
@@ -138,31 +225,32 @@ class RedisConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def _read_new(self) -> list[_Raw]:
+    def _read_new(self) -> _Read:
         spec = self.spec
         reply = self._client.xreadgroup(spec.group, spec.consumer, {spec.stream: ">"},
                                         count=spec.count, block=spec.block_ms)
-        return reply[0][1] if reply else []
+        return self._build(_entries(reply), None)
 
-    def _read_own(self, after: str) -> tuple[list[_Raw], dict[str, int]]:
-        """Own pending entries after ``after``, with their delivery counts."""
+    def _read_own(self, after: str) -> tuple[_Read, str | None]:
+        """Own pending entries after ``after``, with their delivery counts, and the id to
+        read after next (None: there are no more)."""
         spec = self.spec
         reply = self._client.xreadgroup(spec.group, spec.consumer, {spec.stream: after}, count=spec.count)
-        entries = reply[0][1] if reply else []
-        return entries, self._counts(entries, spec.consumer)
+        raw = _entries(reply)
+        return self._build(raw, self._counts(raw, spec.consumer)), (raw[-1][0] if raw else None)
 
-    def _claim(self, start: str) -> tuple[str, list[_Raw], dict[str, int]]:
+    def _claim(self, start: str) -> tuple[str, _Read]:
         spec = self.spec
         assert spec.claim_min_idle is not None
         reply = self._client.xautoclaim(spec.stream, spec.group, spec.consumer,
                                         int(spec.claim_min_idle * 1000), start, count=spec.count)
-        entries = reply[1]
-        return reply[0], entries, self._counts(entries, spec.consumer)
+        raw = reply[1]
+        return reply[0], self._build(raw, self._counts(raw, spec.consumer))
 
-    def _counts(self, entries: Sequence[_Raw], consumer: str) -> dict[str, int]:
+    def _counts(self, raw: Sequence[Any], consumer: str) -> dict[str, int]:
         """Delivery counts of re-read or claimed entries: one XPENDING per id, pipelined (a
         range of ids could also hold other entries of this consumer)."""
-        ids = [e[0] for e in entries if e[0] is not None]
+        ids = [e[0] for e in raw if e is not None and e[0] is not None]
         if not ids:
             return {}
         pipe = self._client.pipeline(transaction=False)
@@ -170,6 +258,55 @@ class RedisConsumer:
             pipe.xpending_range(self.spec.stream, self.spec.group, entry_id, entry_id, 1,
                                 consumername=consumer)
         return {r["message_id"]: int(r["times_delivered"]) for rows in pipe.execute() for r in rows}
+
+    def _build(self, raw: Sequence[Any], counts: dict[str, int] | None) -> _Read:
+        """The entries of a raw reply (``[id, [name, value, ...]]`` each; ``[id, None]`` or
+        None for one deleted meanwhile), ready to hand on; ``counts``: delivery counts
+        (None: first deliveries)."""
+        if not raw:
+            return _NO_READ
+        entries: list[Any] = []
+        tokens: list[tuple[RedisConsumer, str]] = []
+        ids: list[str] = []
+        gone: list[str] = []
+        bad: list[tuple[RawStreamEntry, UnicodeDecodeError]] = []
+        decode = self.spec.decode
+        # the whole read at once: text that is not all ASCII must encode (no escaped byte)
+        suspect = decode and _undecodable("".join(["".join(e[1]) for e in raw if e is not None and e[1]]))
+        for e in raw:
+            if e is None or e[0] is None:  # (Redis 6.2's XAUTOCLAIM: deleted, without its id)
+                continue
+            entry_id, flat = e
+            if not flat:
+                gone.append(entry_id)
+                continue
+            n = 1 if counts is None else counts.get(entry_id, 1)
+            if decode:
+                if suspect and any(_undecodable(x) for x in flat):
+                    bad.append(self._undecodable(entry_id, flat, n))
+                    continue
+                it = iter(flat)
+                entries.append(_new(StreamEntry, (entry_id, dict(zip(it, it, strict=True)), n)))
+            else:
+                it = iter([_to_bytes(x) for x in flat])
+                entries.append(_new(RawStreamEntry, (entry_id, dict(zip(it, it, strict=True)), n)))
+            tokens.append((self, entry_id))
+            ids.append(entry_id)
+        return _Read(entries, tokens, ids, gone, bad)
+
+    def _undecodable(self, entry_id: str, flat: list[str], n: int
+                     ) -> tuple[RawStreamEntry, UnicodeDecodeError]:
+        data = [_to_bytes(x) for x in flat]
+        error = None
+        for x in data:
+            try:
+                x.decode()
+            except UnicodeDecodeError as exc:
+                error = exc
+                break
+        assert error is not None
+        it = iter(data)
+        return _new(RawStreamEntry, (entry_id, dict(zip(it, it, strict=True)), n)), error
 
     def _xack(self, ids: Sequence[str]) -> None:
         spec = self.spec
@@ -188,40 +325,56 @@ class RedisConsumer:
         self._acked += len(ids)
         self.held.difference_update(ids)
 
-    async def _prepare(self, raw: Sequence[_Raw], counts: dict[str, int], guard: Guard) -> list[StreamEntry]:
-        """The entries of ``raw`` to hand on: not those this run holds already; deleted ones
-        and poison ones (after their letter is written) are acknowledged instead."""
+    async def _hand_on(self, emit: Emit[Any], guard: Guard, read: _Read, kind: str) -> None:
+        """Hand on the entries of ``read``: of a read of new entries (``kind`` "read"), or
+        re-read or claimed ones ("reread", "claimed"), which may be held already or
+        delivered too often. Deleted, undecodable and poison entries are acknowledged
+        instead (the last two after their letter is written)."""
+        entries, tokens, ids = read.entries, read.tokens, read.ids
+        done = list(read.gone)
+        self._deleted += len(done)
         spec = self.spec
-        entries: list[StreamEntry] = []
-        done: list[str] = []
-        for entry_id, fields in raw:
-            if entry_id is None or not fields:  # deleted from the stream meanwhile
-                if entry_id is not None:
-                    done.append(entry_id)
-                    self._deleted += 1
+        check = kind != "read"
+        for entry, error in read.undecodable:
+            if check and entry.id in self.held:
                 continue
-            if entry_id in self.held:
-                continue
-            n = counts.get(entry_id, 1)
-            entry = StreamEntry(id=entry_id, fields=fields, deliveries=n)
-            if spec.max_deliveries is not None and n > spec.max_deliveries:
-                exc = TooManyDeliveries(f"entry {entry_id} of stream {spec.stream!r} was delivered {n} "
-                                        f"times (max_deliveries={spec.max_deliveries})")
-                await guard.ahandle(exc, entry)  # the letter is written before the XACK
-                self._dead += 1
-                done.append(entry_id)
-                continue
-            entries.append(entry)
+            exc = UndecodableEntry(f"entry {entry.id} of stream {spec.stream!r} is not UTF-8 text "
+                                   f"({error}); read it with decode=False for its bytes")
+            exc.__cause__ = error
+            await guard.ahandle(exc, entry)  # the letter is written before the XACK
+            self._dead += 1
+            done.append(entry.id)
+        if check:
+            keep = []
+            for k, entry in enumerate(entries):
+                if entry.id in self.held:
+                    continue
+                if spec.max_deliveries is not None and entry.deliveries > spec.max_deliveries:
+                    await guard.ahandle(TooManyDeliveries(
+                        f"entry {entry.id} of stream {spec.stream!r} was delivered {entry.deliveries} "
+                        f"times (max_deliveries={spec.max_deliveries})"), entry)
+                    self._dead += 1
+                    done.append(entry.id)
+                    continue
+                keep.append(k)
+            if len(keep) < len(entries):
+                entries = [entries[k] for k in keep]
+                tokens = [tokens[k] for k in keep]
+                ids = [ids[k] for k in keep]
         if done:
             await self.ack(done)
-        self.held.update(e.id for e in entries)
-        return entries
-
-    async def _emit(self, emit: Emit[StreamEntry], entries: list[StreamEntry]) -> None:
         if entries:
-            await emit.many(entries, acks=[(self, e.id) for e in entries])
+            self.held.update(ids)
+            # counted before the emit: what the source holds
+            if kind == "read":
+                self._read += len(entries)
+            elif kind == "reread":
+                self._reread += len(entries)
+            else:
+                self._claimed += len(entries)
+            await emit.many(entries, acks=tokens)
 
-    async def run(self, emit: Emit[StreamEntry], task_status: trio.TaskStatus[None]) -> None:
+    async def run(self, emit: Emit[Any], task_status: trio.TaskStatus[None]) -> None:
         spec = self.spec
         guard = Guard(spec.name or "redis_source", spec.dead_letters)
         try:
@@ -230,29 +383,22 @@ class RedisConsumer:
                 spec.on_start(self)
             task_status.started()
             # first the entries this consumer was given before and never acknowledged
-            after = "0"
-            while not emit.draining:
-                raw, counts = await self._call(self._read_own, after)
-                if not raw:
-                    break
-                after = raw[-1][0]
-                entries = await self._prepare(raw, counts, guard)
-                self._reread += len(entries)  # counted before the emit: what the source holds
-                await self._emit(emit, entries)
+            after: str | None = "0"
+            while after is not None and not emit.draining:
+                read, after = await self._call(self._read_own, after)
+                await self._hand_on(emit, guard, read, "reread")
             async with trio.open_nursery() as nursery:
                 if spec.claim_min_idle is not None:
                     nursery.start_soon(self._claim_loop, emit, guard)
                 # a drain lets the read in hand finish (at most one BLOCK), hands it on, stops
                 while not emit.draining:
-                    entries = await self._prepare(await self._call(self._read_new), {}, guard)
-                    self._read += len(entries)
-                    await self._emit(emit, entries)
+                    await self._hand_on(emit, guard, await self._call(self._read_new), "read")
                 # the claim loop returns on its own: it sees the drain between sweeps
         finally:
             self.closed = True
             self._pool.disconnect(inuse_connections=False)
 
-    async def _claim_loop(self, emit: Emit[StreamEntry], guard: Guard) -> None:
+    async def _claim_loop(self, emit: Emit[Any], guard: Guard) -> None:
         spec = self.spec
         assert spec.claim_min_idle is not None
         start = "0-0"
@@ -262,30 +408,17 @@ class RedisConsumer:
             if emit.draining:
                 return
             while True:  # one sweep of the pending list
-                start, raw, counts = await self._call(self._claim, start)
-                entries = await self._prepare(raw, counts, guard)
-                self._claimed += len(entries)
-                await self._emit(emit, entries)
+                start, read = await self._call(self._claim, start)
+                await self._hand_on(emit, guard, read, "claimed")
                 if start == "0-0" or emit.draining:
                     break
 
 
 def _settle(acks: list[Ack]) -> object:
     """The source's acknowledgement callback: XACK every settled entry (handled or
-    rejected downstream: either way the run is done with it), per run."""
-    by_run: dict[RedisConsumer, list[str]] = {}
-    for ack in acks:
-        consumer, entry_id = ack.token
-        by_run.setdefault(consumer, []).append(entry_id)
-    if len(by_run) == 1:
-        ((consumer, ids),) = by_run.items()
-        return consumer.ack(ids)
-    return _ack_all(by_run)
-
-
-async def _ack_all(by_run: dict[RedisConsumer, list[str]]) -> None:
-    for consumer, ids in by_run.items():
-        await consumer.ack(ids)
+    rejected downstream: either way the run is done with it). The acknowledgements of one
+    call come from one run's ledger, so they share its ``RedisConsumer``."""
+    return acks[0].token[0].ack([ack.token[1] for ack in acks])
 
 
 @final
@@ -300,10 +433,11 @@ class _SourceSpec:
     claim_min_idle: float | None
     max_deliveries: int | None
     dead_letters: DeadLetter | Skip
+    decode: bool
     on_start: Callable[[RedisConsumer], object] | None
     name: str | None
 
-    async def serve(self, emit: Emit[StreamEntry], *, task_status: trio.TaskStatus[None]) -> None:
+    async def serve(self, emit: Emit[Any], *, task_status: trio.TaskStatus[None]) -> None:
         redis = import_redis("redis_source")
         await RedisConsumer(self, redis).run(emit, task_status)
 
@@ -322,6 +456,24 @@ def _check_int(what: str, value: object, minimum: int) -> None:
         raise DefinitionValueError(f"{what} must be an int >= {minimum}, got {value!r}")
 
 
+@overload
+def redis_source(
+    url: str, stream: str, group: str, consumer: str, *, count: int = ..., block_ms: int = ...,
+    claim_min_idle: float | None = ..., max_deliveries: int | None = ...,
+    dead_letters: DeadLetter | Skip = ..., decode: Literal[True] = ...,
+    on_start: Callable[[RedisConsumer], object] | None = ..., name: str | None = ...,
+) -> Flow[StreamEntry]: ...
+
+
+@overload
+def redis_source(
+    url: str, stream: str, group: str, consumer: str, *, count: int = ..., block_ms: int = ...,
+    claim_min_idle: float | None = ..., max_deliveries: int | None = ...,
+    dead_letters: DeadLetter | Skip = ..., decode: Literal[False],
+    on_start: Callable[[RedisConsumer], object] | None = ..., name: str | None = ...,
+) -> Flow[RawStreamEntry]: ...
+
+
 def redis_source(
     url: str,
     stream: str,
@@ -333,9 +485,10 @@ def redis_source(
     claim_min_idle: float | None = 60.0,
     max_deliveries: int | None = None,
     dead_letters: DeadLetter | Skip = _SKIP,
+    decode: bool = True,
     on_start: Callable[[RedisConsumer], object] | None = None,
     name: str | None = None,
-) -> Flow[StreamEntry]:
+) -> Flow[StreamEntry] | Flow[RawStreamEntry]:
     """A source that reads the Redis stream ``stream`` as ``consumer`` of the consumer group
     ``group`` (created at the stream's start, with the stream, when missing) and emits
     ``StreamEntry`` values; each entry is acknowledged (``XACK``) once the run is done with
@@ -351,11 +504,16 @@ def redis_source(
     ``max_deliveries`` times (None: no limit) goes to ``dead_letters`` (a
     ``DeadLetterEntry`` whose item is the entry and whose exception is a
     ``TooManyDeliveries``; default ``Skip()``: counted and logged) and is acknowledged.
+    ``decode=True`` (the default) emits ``StreamEntry`` values, field names and values
+    decoded as UTF-8; an entry holding bytes that are not UTF-8 is not emitted: it goes to
+    ``dead_letters`` (its item a ``RawStreamEntry`` with the bytes, its exception an
+    ``UndecodableEntry``) and is acknowledged. ``decode=False`` emits ``RawStreamEntry``
+    values whose field names and values are the ``bytes`` the stream holds.
     ``on_start(consumer)`` is called once the group exists, before ``nursery.start(run)``
     returns, with the run's ``RedisConsumer`` (``statistics()``).
 
     * emits: each read's entries together, in stream order per read (re-read and claimed
-      entries carry their delivery count);
+      entries carry their delivery count); the entries are built in the reading thread;
     * backpressure: no read while the next edge is full; the source holds one read;
     * completes: after a drain (it never ends on its own): the read in hand (at most one
       BLOCK) is handed on, then it returns; what it handed on is acknowledged as it is done;
@@ -364,7 +522,8 @@ def redis_source(
       run under the same consumer name (or claimed by another consumer);
     * on error: a lost connection or a Redis error fails the run, as does an error from a
       dead-letter target or from downstream; a failed run acknowledges nothing it did not
-      finish, and its entries are re-read when the consumer starts again.
+      finish, and its entries are re-read when the consumer starts again. Bytes that are
+      not UTF-8 never fail the run (see ``decode``).
     """
     op = "redis_source"
     import_redis(op)  # a missing extra fails here, not when the run starts
@@ -384,12 +543,14 @@ def redis_source(
     if not isinstance(dead_letters, DeadLetter | Skip):
         raise DefinitionTypeError(
             f"dead_letters of {op} must be DeadLetter(...) or Skip(), got {dead_letters!r}")
+    if not isinstance(decode, bool):
+        raise DefinitionTypeError(f"decode of {op} must be a bool, got {decode!r}")
     if on_start is not None and not callable(on_start):
         raise DefinitionTypeError(f"on_start of {op} must be a function or None, got {on_start!r}")
     spec = _SourceSpec(
         url=url, stream=stream, group=group, consumer=consumer, count=count, block_ms=block_ms,
         claim_min_idle=claim_min_idle, max_deliveries=max_deliveries, dead_letters=dead_letters,
-        on_start=on_start, name=name,
+        decode=decode, on_start=on_start, name=name,
     )
     return source(spec.serve, name=name or op, on_ack=_settle)
 
@@ -412,18 +573,18 @@ class _StreamWriter:
         self.approximate = approximate
         self.limiter = limiter
 
-    def _write(self, batch: Sequence[Mapping[str, Any]]) -> None:
+    def _write(self, batch: Sequence[Mapping[Any, Any]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for fields in batch:
             pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=self.approximate)
         pipe.execute()
 
     async def write(self, batch: Sequence[Any]) -> None:
-        rows = [row.fields if isinstance(row, StreamEntry) else row for row in batch]
+        rows = [row.fields if isinstance(row, StreamEntry | RawStreamEntry) else row for row in batch]
         for row in rows:
             if not isinstance(row, Mapping) or not row:
                 raise TypeError(f"write_redis_stream writes non-empty mappings of fields (or StreamEntry "
-                                f"values), got {row!r}")
+                                f"or RawStreamEntry values), got {row!r}")
         await trio.to_thread.run_sync(self._write, rows, limiter=self.limiter)
 
 
@@ -452,8 +613,10 @@ def write_redis_stream(
     ``XADD`` commands (ids chosen by the server), then emits the batch. Needs ``pip install
     'trioflow[redis]'``.
 
-    Put it after ``tf.batch(n)``. An item is a mapping of field to value (``str``,
-    ``bytes``, ``int`` or ``float``), or a ``StreamEntry`` (its fields: copy a stream).
+    Put it after ``tf.batch(n)``. An item is a mapping of field to value (names and
+    values ``str``, ``bytes``, ``int`` or ``float``; ``bytes`` are written as they are,
+    ``str`` as UTF-8), or a ``StreamEntry`` or ``RawStreamEntry`` (its fields: copy a
+    stream, bytes and all).
     ``maxlen``: trim the stream to about (``approximate=True``, ``MAXLEN ~``, cheap) or
     exactly that many entries on every append. ``workers``: connections, one per worker.
 
