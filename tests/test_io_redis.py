@@ -282,6 +282,53 @@ async def test_claim_loop_leaves_own_entries_in_flight_alone(server: RedisServer
     assert pending(client, stream, "g") == 0
 
 
+async def test_an_entry_acknowledged_while_a_claim_runs_is_not_handed_on_again(
+        server: RedisServer, client: redis.Redis) -> None:
+    # the interleaving that made the test above flaky, forced (fault injection: the order
+    # of a thread's reply and an acknowledgement, which the real server cannot be asked
+    # for): XAUTOCLAIM returns the run's own entries, idle on the server, and their XACK
+    # completes before the claim's reply is handled. They were acknowledged: never again.
+    import threading
+
+    stream = fresh()
+    add(client, stream, 5)
+    got: list[tfio.StreamEntry] = []
+    acked = threading.Event()
+    claimed_own = threading.Event()
+
+    def patch(consumer: Any) -> None:
+        claim, ack = consumer._claim, consumer.ack
+
+        def claim_after_the_ack(start: str) -> Any:
+            start, read = claim(start)
+            if read.entries:  # the run's own entries, still on their way
+                claimed_own.set()
+                assert acked.wait(WAIT)
+            return start, read
+
+        async def ack_then_tell(ids: list[str]) -> None:
+            await ack(ids)
+            acked.set()
+
+        consumer._claim, consumer.ack = claim_after_the_ack, ack_then_tell
+
+    async def held_until_claimed(e: tfio.StreamEntry) -> None:
+        await trio.to_thread.run_sync(claimed_own.wait, WAIT)
+        got.append(e)
+
+    flow = (tfio.redis_source(server.url, stream, "g", "c", count=5, block_ms=300,
+                              claim_min_idle=0.05, on_start=patch)
+            | tf.sink(held_until_claimed))
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(flow.run)
+        await wait_for(lambda: len(got) >= 5 and acked.is_set())
+        await trio.sleep(0.3)  # room for a second hand-on of the claimed entries
+        assert await handle.drain(timeout=WAIT) is tf.RunState.COMPLETED
+    assert claimed_own.is_set()
+    assert [e.fields["n"] for e in got] == [str(i) for i in range(5)]
+    assert pending(client, stream, "g") == 0
+
+
 async def test_poison_entry_goes_to_dead_letters_and_is_acknowledged(
         server: RedisServer, client: redis.Redis) -> None:
     stream = fresh()

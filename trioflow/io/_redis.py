@@ -34,7 +34,9 @@ checked at once (``str.isascii``, then one ``encode``), entry by entry only when
 
 Entries this run holds are remembered (``_Consumer.held``, removed when acknowledged), so
 the claim loop never hands on an entry of its own that is still on its way through the
-pipeline (``XAUTOCLAIM`` would take it, being idle on the server).
+pipeline (``XAUTOCLAIM`` would take it, being idle on the server). An entry acknowledged
+while an ``XAUTOCLAIM`` is under way may be in its reply (the claim ran first) and no
+longer held: the ids acknowledged during a claim are kept until its reply is handled.
 
 The acknowledgements of a run may arrive after its source function returned (a drain
 lets the pipeline finish after the source), so the pool outlives the source: once the
@@ -206,6 +208,9 @@ class RedisConsumer:
         self._redis = redis
         #: ids handed on and not yet acknowledged
         self.held: set[str] = set()
+        #: while a claim sweep's XAUTOCLAIM is under way (None: none is): the ids acknowledged
+        #: meanwhile, which its reply may still list (it ran before the XACK) and are done
+        self._acked_in_claim: set[str] | None = None
         self.closed = False
         self._read = self._reread = self._claimed = self._acked = self._dead = self._deleted = 0
 
@@ -324,6 +329,8 @@ class RedisConsumer:
                 self._pool.disconnect()
         self._acked += len(ids)
         self.held.difference_update(ids)
+        if self._acked_in_claim is not None:
+            self._acked_in_claim.update(ids)
 
     async def _hand_on(self, emit: Emit[Any], guard: Guard, read: _Read, kind: str) -> None:
         """Hand on the entries of ``read``: of a read of new entries (``kind`` "read"), or
@@ -335,8 +342,10 @@ class RedisConsumer:
         self._deleted += len(done)
         spec = self.spec
         check = kind != "read"
+        # this run's own: held (on their way), or acknowledged while the claim ran
+        own = self.held if not self._acked_in_claim else self.held | self._acked_in_claim
         for entry, error in read.undecodable:
-            if check and entry.id in self.held:
+            if check and entry.id in own:
                 continue
             exc = UndecodableEntry(f"entry {entry.id} of stream {spec.stream!r} is not UTF-8 text "
                                    f"({error}); read it with decode=False for its bytes")
@@ -347,7 +356,7 @@ class RedisConsumer:
         if check:
             keep = []
             for k, entry in enumerate(entries):
-                if entry.id in self.held:
+                if entry.id in own:
                     continue
                 if spec.max_deliveries is not None and entry.deliveries > spec.max_deliveries:
                     await guard.ahandle(TooManyDeliveries(
@@ -408,8 +417,12 @@ class RedisConsumer:
             if emit.draining:
                 return
             while True:  # one sweep of the pending list
-                start, read = await self._call(self._claim, start)
-                await self._hand_on(emit, guard, read, "claimed")
+                self._acked_in_claim = set()
+                try:
+                    start, read = await self._call(self._claim, start)
+                    await self._hand_on(emit, guard, read, "claimed")
+                finally:
+                    self._acked_in_claim = None
                 if start == "0-0" or emit.draining:
                     break
 
