@@ -33,6 +33,8 @@ from ._segment import _SKIPPED, CLEANUP_TIMEOUT, Head, Segment, _policy_call, _S
 PACE_MIN_WORKERS = 8
 #: ... and spreads such a bunch at most once every this many call lengths
 PACE_EVERY = 10
+#: ... once the bunch has reached this fraction (1/PACE_BUNCH) of the workers
+PACE_BUNCH = 4
 
 
 class PoolHead(Head):
@@ -433,9 +435,9 @@ class PoolHead(Head):
             self._bunch = 0
         self._last_done = now
         m = self._bunch
-        if m < n // 4:
+        if m < n // PACE_BUNCH:
             return 0.0
-        if m == n // 4:  # a bunch begins: spread it, unless one was spread a moment ago
+        if m == n // PACE_BUNCH:  # a bunch begins: spread it, unless one was spread a moment ago
             seg = self._seg
             backlog = len(self._queue) + (
                 seg.inp.items if seg is not None and seg.inp is not None else 0)
