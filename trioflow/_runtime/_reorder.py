@@ -127,14 +127,16 @@ class Reorder:
         while not self.my_turn(seq):
             await self._turn.park()
 
-    async def _hand(self, slots: list[Any], count: int) -> bool:
-        """Hand on what ``slots`` hold (up to a ``stop``), then release their ``count``
-        units. True at a ``stop``."""
+    def _outputs(self, slots: list[Any]) -> list[Any]:
+        """What ``slots`` hold to hand on: the results, or (``many``) their outputs."""
         if self.many:
-            outs = [out for outs in slots if outs is not _SKIPPED
+            return [out for outs in slots if outs is not _SKIPPED
                     for out in outs if out is not _SKIPPED]
-        else:
-            outs = [r for r in slots if r is not _SKIPPED]
+        return [r for r in slots if r is not _SKIPPED]
+
+    async def _hand(self, outs: list[Any], count: int) -> bool:
+        """Hand on ``outs`` (up to a ``stop``), then release the ``count`` units they came
+        from. True at a ``stop``."""
         stop = self._stop
         at = None if stop is None else next((i for i, r in enumerate(outs) if r is stop), None)
         if at is not None:
@@ -150,7 +152,8 @@ class Reorder:
 
     def _runs(self, line: _Line) -> Iterator[tuple[list[Any], int]]:
         """Take ``line``'s runs of consecutive slots from its next one, the runs deposited
-        while the previous was handed on included; and how many units each holds."""
+        while the previous was handed on included: each run's outputs, and how many units
+        it holds."""
         results = line.results
         head = self._head
         while line.next in results:
@@ -158,12 +161,14 @@ class Reorder:
             count = nxt - line.next
             line.next = nxt
             head.waiting -= sum(map(len, slots)) if self.weigh else count
-            yield slots, count
+            yield self._outputs(slots), count
 
     async def deposit(self, seq: int, slot: Any) -> bool:
         """Unit ``seq`` finished with ``slot``: hand it on now (unordered) or in its turn.
         Returns True when a ``stop`` was reached (nothing after it is handed on)."""
         if not self.ordered:
+            if self.many or slot is _SKIPPED:
+                return await self._hand(self._outputs([slot]), 1)
             return await self._hand([slot], 1)
         line = self._line
         line.results[seq] = slot
@@ -172,8 +177,8 @@ class Reorder:
             return False  # the task handing on will reach this slot
         line.emitting = True
         try:
-            for slots, count in self._runs(line):
-                if await self._hand(slots, count):
+            for outs, count in self._runs(line):
+                if await self._hand(outs, count):
                     return True
             return False
         finally:
@@ -201,8 +206,8 @@ class Reorder:
             return  # the key's task handing on, or an earlier unit's, will reach this slot
         line.emitting = True
         try:
-            for slots, count in self._runs(line):
-                await self._hand(slots, count)
+            for outs, count in self._runs(line):
+                await self._hand(outs, count)
         finally:
             line.emitting = False
             if line.next == line.numbered:  # every numbered unit of the key is handed on
