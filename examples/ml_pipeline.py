@@ -214,17 +214,10 @@ async def open_workers() -> AsyncIterator[None]:
         yield
 
 
-def in_worker(scorer: Callable[[str], float]) -> Callable[[Sentence], Any]:
-    """``scorer`` as a branch of the parallel block: an async function that runs it on the
-    sentence's text in a worker process. When the block's timeout (or the run) cancels it,
-    ``kill_on_cancel`` kills the worker, so a runaway model really stops; trio-parallel
-    starts a fresh worker for the next call."""
-    async def call(sentence: Sentence) -> float:
-        score: float = await trio_parallel.run_sync(scorer, sentence.text, kill_on_cancel=True)
-        return score
-
-    call.__qualname__ = call.__name__ = scorer.__name__  # the branch's label in errors
-    return call
+def on_text(scorer: Callable[[str], float], sentence: Sentence) -> float:
+    """``scorer`` on the sentence's text: a branch of the parallel block, as
+    ``functools.partial(on_text, scorer)``, sent to a worker process by reference."""
+    return scorer(sentence.text)
 
 
 # -- the accumulator: running totals per source ------------------------------------------------
@@ -332,12 +325,16 @@ def same(sentence: Sentence) -> Sentence:
 
 def models(scorers: Mapping[str, Callable[[str], float]], timeout: float, concurrency: int
            ) -> tf.Stage[Sentence, dict[str, Any]]:
-    """The parallel block: every scorer on the sentence at once, each in a worker process;
-    ``BestEffort``: one ``Value`` or ``Error`` per model, whatever the others do; a model
-    still running after ``timeout`` seconds is killed and counts as failed (TooSlowError)."""
+    """The parallel block: every scorer on the sentence at once, each in a worker process
+    (``backend=Processes()``: trio-parallel's workers, one per CPU); ``BestEffort``: one
+    ``Value`` or ``Error`` per model, whatever the others do; a model still running after
+    ``timeout`` seconds is cancelled, which kills its worker process (a runaway model really
+    stops; trio-parallel starts a fresh worker for the next call), and counts as failed
+    (TooSlowError)."""
     return tf.parallel(
-        **{name: in_worker(fn) for name, fn in scorers.items()},
-        policy=tf.BestEffort(), timeout=timeout, concurrency=concurrency, name="models",
+        **{name: functools.partial(on_text, fn) for name, fn in scorers.items()},
+        policy=tf.BestEffort(), timeout=timeout, backend=tf.Processes(),
+        concurrency=concurrency, name="models",
     )
 
 

@@ -88,3 +88,15 @@ def add_or_fail_on_5(acc: int, x: int) -> int:
     if x == 5:
         raise ValueError("five")
     return acc + x
+
+
+def write_pid_then_hang(path: str) -> int:
+    """Write this worker's pid to ``path``, then never return (until killed)."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(3600)
+    return 0
+
+
+def length(text: str) -> int:
+    return len(text)

@@ -21,6 +21,14 @@ Theory of operation. A block is two layers:
 ``parallel`` wraps the block in a :class:`ParallelStage`, a ``MapStage`` whose only
 difference is its operator name, so the planner names it ``parallel`` (``parallel_2`` ...)
 and the runner drives it like any async ``map``, with ``concurrency``/``ordered``.
+
+With a worker ``backend`` (``Threads``/``Processes``), the block still runs on the Trio
+thread, and only each branch's call goes to the backend: the block opens the backend for
+the item and each branch task awaits ``runner.call_chunk(fn, [item])``, a checkpoint
+like any other, so a decision or the deadline cancels it the way the backend documents
+(a thread is abandoned, a process job is killed). The stage records the backend as its
+``backend`` (``backend_runs_fn`` False: it is not run *by* the backend, so it is neither
+planned nor checked as a stage on a worker backend).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import attrs
 import outcome
 import trio
 
+from ._backends import Backend, BackendRunner, Dask
 from ._callables import CallKind, check_call, classify
 from ._errors import DefinitionTypeError, DefinitionValueError, TrioflowError
 from ._policies import FAIL, OnError, Retry
@@ -214,6 +223,10 @@ class _Block:
     keys: tuple[str, ...] | None  # the names, for the named form
     policy: ParallelPolicy
     timeout: float | None
+    #: the worker backend the branches' calls run on (None: on the Trio thread)
+    backend: Backend | None = None
+    #: the stage's name, as the backend's errors give it
+    stage: str = "parallel"
 
     def _shape(self, entries: Sequence[Any]) -> Any:
         if self.keys is None:
@@ -221,6 +234,12 @@ class _Block:
         return dict(zip(self.keys, entries, strict=True))
 
     async def __call__(self, item: Any) -> Any:
+        if self.backend is None:
+            return await self._run(item, None)
+        async with self.backend.open(self.stage) as runner:
+            return await self._run(item, runner)
+
+    async def _run(self, item: Any, runner: BackendRunner | None) -> Any:
         policy = self.policy
         branches = self.branches
         n = len(branches)
@@ -246,7 +265,10 @@ class _Block:
             if scope.cancel_called:  # decided before this task started: a sync fn must not run
                 return
             try:
-                if branch.is_async:
+                if runner is not None:  # one call of one item, on the backend
+                    (out,) = await runner.call_chunk(branch.fn, [item])
+                    value = out.unwrap()
+                elif branch.is_async:
                     value = await branch.fn(item)
                 else:
                     value = branch.fn(item)
@@ -294,9 +316,12 @@ class _Block:
 
 @attrs.frozen(kw_only=True)
 class ParallelStage(MapStage[T, Any]):
-    """A ``MapStage`` running a parallel block per item; named ``parallel`` in plans."""
+    """A ``MapStage`` running a parallel block per item; named ``parallel`` in plans. Its
+    ``backend`` is where the block sends its branches' calls; the block itself runs on
+    the Trio thread."""
 
     operator: ClassVar[str] = "parallel"
+    backend_runs_fn: ClassVar[bool] = False
 
 
 # -- the operator ------------------------------------------------------------------------------
@@ -311,6 +336,7 @@ def parallel(
     *fns: Callable[[T], object],
     policy: ParallelPolicy = ...,
     timeout: float | None = None,
+    backend: Backend | None = None,
     concurrency: int = 1,
     ordered: bool = True,
     name: str | None = None,
@@ -323,6 +349,7 @@ def parallel(
     *,
     policy: ParallelPolicy = ...,
     timeout: float | None = None,
+    backend: Backend | None = None,
     concurrency: int = 1,
     ordered: bool = True,
     name: str | None = None,
@@ -335,6 +362,7 @@ def parallel(
     *fns: Callable[[Any], object],
     policy: ParallelPolicy = _DEFAULT_POLICY,
     timeout: float | None = None,
+    backend: Backend | None = None,
     concurrency: int = 1,
     ordered: bool = True,
     name: str | None = None,
@@ -347,11 +375,23 @@ def parallel(
 
     ``parallel(f1, f2, f3)`` emits ``(f1(x), f2(x), f3(x))``; the named form
     ``parallel(enrich=f1, score=f2)`` emits ``{"enrich": ..., "score": ...}`` in declaration
-    order (the keywords ``policy``, ``timeout``, ``concurrency``, ``ordered``, ``name``,
-    ``buffer``, ``on_error`` and ``retry`` cannot name a function). Each function may be
-    plain or async; all of an item's functions run as tasks of one child nursery under one
-    cancel scope, so a cancelled function is really stopped (no task outlives its item). A
-    plain function is called on the Trio thread and cannot be interrupted once started.
+    order (the keywords ``policy``, ``timeout``, ``backend``, ``concurrency``, ``ordered``,
+    ``name``, ``buffer``, ``on_error`` and ``retry`` cannot name a function). Each function
+    may be plain or async; all of an item's functions run as tasks of one child nursery
+    under one cancel scope, so a cancelled function is really stopped (no task outlives its
+    item). A plain function is called on the Trio thread and cannot be interrupted once
+    started.
+
+    ``backend=Threads(...)`` or ``Processes(...)`` runs each function's call (plain
+    functions only) on that backend: one call of one item per function, the block's
+    tasks awaiting them, so the policy and the timeout behave as above and a cancelled
+    call is given up the way the backend documents (a thread is abandoned, its result
+    discarded; a process job is killed with its worker). The backend is opened per item:
+    its ``limit`` bounds one item's calls; ``Processes()`` (``limit=None``) shares
+    trio-parallel's limiter, one process per CPU, across every item. A call that fails as
+    a whole (``BackendError``: the function or item cannot be pickled, the worker died)
+    is that function's failure, and the policy decides. ``Dask`` is refused (a cluster is
+    opened per run, not per item).
 
     Policies (``trioflow.AllOrNothing()`` is the default):
 
@@ -370,7 +410,8 @@ def parallel(
     * backpressure: as ``map(concurrency=...)``: no new item is started while
       ``concurrency`` blocks run, nor while the next edge is full;
     * completes: when the input completed and every block finished and was emitted;
-    * cancelled: by the run or when downstream stops; every running function is cancelled;
+    * cancelled: by the run or when downstream stops; every running function is cancelled
+      (on a backend: as the backend documents);
     * on error: ``AllOrNothing`` fails the run with the first failure's original exception,
       noted with its branch (so ``except* ValueError`` works); ``AtLeast``/``FirstK`` fail
       it with ``ParallelBlockError`` (``.outcomes``, ``__cause__`` the first failure) once
@@ -393,32 +434,60 @@ def parallel(
         raise DefinitionTypeError(
             f"policy must be AllOrNothing(), BestEffort(), AtLeast(k) or FirstK(k), got {policy!r}"
         )
+    if backend is not None:
+        backend = _check_backend(backend)
     branches = []
     keys: tuple[str, ...] | None
     if named:
         keys = tuple(named)
         for key, fn in named.items():
-            branches.append(_branch(fn, repr(key), f"function {key!r} of parallel"))
+            branches.append(_branch(fn, repr(key), f"function {key!r} of parallel", backend))
     else:
         keys = None
         for index, fn in enumerate(fns):
-            branches.append(_branch(fn, f"#{index} {_label(fn)}", f"function #{index} of parallel"))
+            branches.append(_branch(fn, f"#{index} {_label(fn)}", f"function #{index} of parallel",
+                                    backend))
     if isinstance(policy, AtLeast | FirstK) and policy.k > len(branches):
         raise DefinitionValueError(
             f"policy {policy!r} needs k <= the number of functions ({len(branches)})"
         )
     if timeout is not None:
         timeout = check_seconds("timeout", timeout)
-    block = _Block(branches=tuple(branches), keys=keys, policy=policy, timeout=timeout)
+    block = _Block(branches=tuple(branches), keys=keys, policy=policy, timeout=timeout,
+                   backend=backend, stage=name or "parallel")
     return ParallelStage(fn=block, concurrency=concurrency, ordered=ordered, window=None,
-                         name=name, buffer=buffer, on_error=on_error, retry=retry)
+                         name=name, buffer=buffer, on_error=on_error, retry=retry,
+                         backend=backend)
 
 
-def _branch(fn: object, label: str, argument: str) -> _Branch:
+def _check_backend(backend: object) -> Backend | None:
+    """``backend=`` of ``parallel``: a worker backend the branches' calls can be sent to,
+    or None for one that runs them on the Trio thread (``Inline()``)."""
+    if not isinstance(backend, Backend):
+        raise DefinitionTypeError(
+            f"backend must be Inline(), Threads(...) or Processes(...), got {backend!r}"
+        )
+    if backend.runs_inline:
+        return None
+    if isinstance(backend, Dask):
+        raise DefinitionValueError(
+            f"backend={backend!r} is not supported by parallel: a Dask cluster is opened "
+            "once per run, a parallel block opens its backend per item; use Threads(...) or "
+            "Processes(...), or map(..., backend=Dask(...)) per function"
+        )
+    return backend
+
+
+def _branch(fn: object, label: str, argument: str, backend: Backend | None) -> _Branch:
     kind = classify(fn, argument)
     if kind not in (CallKind.SYNC, CallKind.ASYNC):
         raise DefinitionTypeError(
             f"{argument} must be a plain or async function, got a {kind.value} function {fn!r}"
+        )
+    if backend is not None and kind is not CallKind.SYNC:
+        raise DefinitionTypeError(
+            f"{argument} must be a plain (sync) function with backend={backend!r}, which runs "
+            f"it in a worker; got an async function {fn!r}"
         )
     assert callable(fn)
     check_call(fn, "parallel", "fn(item)", argument=argument.removesuffix(" of parallel"))

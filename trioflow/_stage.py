@@ -325,6 +325,9 @@ class FnStage(Stage[In, Out]):
     #: whether a worker backend can run the calls (a per-item state between calls, like
     #: ``skip_while``'s or ``distinct``'s, would have to travel with every chunk: not yet)
     backend_ok: ClassVar[bool] = True
+    #: whether the backend runs ``fn`` itself (False: ``fn`` runs on the Trio thread and
+    #: sends calls of its own to the backend, as a ``parallel`` block does for its branches)
+    backend_runs_fn: ClassVar[bool] = True
 
     def __attrs_post_init__(self) -> None:
         kind = classify(self.fn, self.fn_argument)
@@ -335,7 +338,7 @@ class FnStage(Stage[In, Out]):
             )
         check_call(self.fn, self.operator, self.call)
         object.__setattr__(self, "kind", kind)
-        if self.backend is not None:
+        if self.backend is not None and self.backend_runs_fn:
             _check_backend(self)
         super().__attrs_post_init__()
 
@@ -454,7 +457,8 @@ class MapStage(FnStage[In, Out]):
 
 
 def _runs_elsewhere(spec: Any) -> bool:
-    return spec.backend is not None and not spec.backend.runs_inline
+    return (spec.backend is not None and not spec.backend.runs_inline
+            and getattr(spec, "backend_runs_fn", True))
 
 
 def _check_backend(spec: FnStage[Any, Any] | FnSink[Any] | ReduceSink[Any]) -> None:

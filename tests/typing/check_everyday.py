@@ -4,7 +4,7 @@ through ``|`` (and ``enumerate`` pairs it with an int)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import assert_type
+from typing import Any, assert_type
 
 import trio
 
@@ -46,6 +46,8 @@ async def check() -> None:
     assert_type(texts, list[str])
     await (tf.from_iterable(["a"]) | tf.sink(write, concurrency=2)).run()
     row = (await (numbers | tf.parallel(is_small, policy=tf.BestEffort())).to_list())[0]
+    on_threads = tf.parallel(small=is_small, backend=tf.Threads(limit=2))
+    assert_type(on_threads, tf.Stage[int, dict[str, Any]])
     first = row[0]
     if isinstance(first, tf.Value):
         print(first.unwrap())

@@ -12,7 +12,8 @@ Theory of operation.
   the stages upstream wait.
 * Order: ordered, results wait in a reorder buffer (by call number) and are handed on in
   input order; unordered, each call's results are handed on as soon as it finishes (in
-  input order within the call).
+  input order within the call). Admission and order are the pool's rule (``Reorder``,
+  ``_reorder.py``), a call's results making one slot.
 * Errors: a backend call returns one outcome per item; a failed item goes through
   ``Head.recover``, exactly like any other stage (Fail / Skip / DeadLetter / Collect). A
   failure of the call itself (``BackendError``: pickling, a dead worker) fails the run.
@@ -43,6 +44,7 @@ from .._stage import (
     TakeWhileStage,
     TapStage,
 )
+from ._reorder import Reorder
 from ._segment import _SKIPPED, Head, Segment, _Status
 
 
@@ -89,16 +91,16 @@ class BackendHead(Head):
         self.ordered = getattr(spec, "ordered", True)
         self.window = 2 * self.concurrency if self.ordered else self.concurrency
         self._running = 0
-        self._admitted = 0
         self._space = trio.lowlevel.ParkingLot()
-        self._seq = 0
-        self._next = 0
-        self._results: dict[int, list[Any]] = {}
-        self._emitting = False
+        # admission, and the order in which the calls' results are handed on: a call's
+        # results are one slot, counted item by item in ``waiting``
+        self._order = Reorder(self, self._wake, window=self.window, ordered=self.ordered,
+                              many=True, weigh=True, stop=_STOP)
         self._seg: Segment | None = None
 
     async def run(self, seg: Segment, status: _Status) -> None:
         self._seg = seg
+        self._order.start(seg.emit)
         opened = False
         try:
             async with self.backend.open(self.name) as runner:
@@ -116,6 +118,7 @@ class BackendHead(Head):
         inp = seg.inp
         size = self.chunk
         guarded = seg.runner.guarded
+        order = self._order
         while True:
             chunk = await inp.receive(size)
             if chunk is None:
@@ -123,11 +126,9 @@ class BackendHead(Head):
             self.n_in += len(chunk)
             for start in range(0, len(chunk), size):
                 part = chunk if len(chunk) <= size else chunk[start:start + size]
-                while self._running >= self.concurrency or self._admitted >= self.window:
+                while self._running >= self.concurrency or order.pending >= self.window:
                     await self._space.park()
-                seq = self._seq
-                self._seq = seq + 1
-                self._admitted += 1
+                seq = order.admit()
                 self._running += 1
                 self.in_flight += len(part)
                 nursery.start_soon(guarded, self._call, runner, seq, part)
@@ -171,7 +172,8 @@ class BackendHead(Head):
         return outs
 
     def _wake(self) -> None:
-        if self._space and self._running < self.concurrency and self._admitted < self.window:
+        if (self._space and self._running < self.concurrency
+                and self._order.pending < self.window):
             self._space.unpark()
 
     def result(self) -> Any:
@@ -236,53 +238,10 @@ class BackendHead(Head):
             results.append(self.tombstone(item) if self.envelope else _SKIPPED)
         await self._deposit(seq, results)
 
-    def _done(self, calls: int) -> None:
-        self._admitted -= calls
-        self._wake()
-
     async def _deposit(self, seq: int, results: list[Any]) -> None:
-        seg = self._seg
-        assert seg is not None
-        if not self.ordered:
-            out = [r for r in results if r is not _SKIPPED]
-            try:
-                if out:
-                    self.n_out += len(out)
-                    await seg.emit(out)
-            finally:
-                self._done(1)
-            return
-        buffered = self._results
-        buffered[seq] = results
-        self.waiting += len(results)
-        if self._emitting:
-            return  # the task handing results on will reach this one
-        self._emitting = True
-        try:
-            while self._next in buffered:
-                batch: list[Any] = []
-                nxt = self._next
-                while nxt in buffered:
-                    batch.extend(buffered.pop(nxt))
-                    nxt += 1
-                count = nxt - self._next
-                self._next = nxt
-                self.waiting -= len(batch)
-                batch = [r for r in batch if r is not _SKIPPED]
-                stop = next((i for i, r in enumerate(batch) if r is _STOP), None)
-                if stop is not None:
-                    batch = batch[:stop]  # take_while: the first false item ends the stage
-                # the calls count against the window until handed on (backpressure)
-                try:
-                    if batch:
-                        self.n_out += len(batch)
-                        await seg.emit(batch)
-                finally:
-                    self._done(count)
-                if stop is not None:
-                    await seg.stop_here(-1)
-        finally:
-            self._emitting = False
+        if await self._order.deposit(seq, results):
+            assert self._seg is not None
+            await self._seg.stop_here(-1)  # take_while: the first false item ends the stage
 
 
 def _post_map(item: Any, result: Any) -> list[Any]:

@@ -27,6 +27,7 @@ from .._stage import (
     PooledFnStage,
     TapStage,
 )
+from ._reorder import Reorder
 from ._segment import _SKIPPED, CLEANUP_TIMEOUT, Head, Segment, _policy_call, _Status, streams_outputs
 
 #: a fixed pool of at least this many workers de-synchronises calls that end together
@@ -46,6 +47,7 @@ class PoolHead(Head):
     separately, finished results wait in the reorder buffer for their turn); unordered,
     ``limit`` is 2·N so a worker finds its next item ready. A worker hands its result on
     itself, without yielding when the next edge has room, and takes the next item at once.
+    Admission and order follow ``Reorder`` (``_reorder.py``), as on a worker backend.
 
     Keyed (``map(key=...)``): an item waits in its key's queue while ``per_key`` items of
     that key are running, so items of one key start in input order; results of one key
@@ -78,7 +80,6 @@ class PoolHead(Head):
         #: an async generator streamed by ``_stream`` (``flat_map`` without error policies)
         self.streaming = False
         self.inner_limit = 0
-        self._turn = trio.lowlevel.ParkingLot()
         self.fn: Callable[..., Any]
         size: int | Adaptive
         if isinstance(spec, PooledFnStage | FnSink):
@@ -135,26 +136,20 @@ class PoolHead(Head):
         self._work = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
         self._closed = False
-        self._pending = 0
         self._running = 0
         self._idle_workers = 0
-        self._seq = 0
-        self._next = 0
-        self._results: dict[int, Any] = {}
-        self._emitting = False
+        # admission, and the order in which results are handed on (per key too)
+        self._order = Reorder(self, self._wake_feeder, window=self.limit,
+                              ordered=self.ordered, many=self.many)
         self._seg: Segment | None = None
         self._nursery: trio.Nursery | None = None
-        # keyed state: per key, items running or queued to run; items waiting their turn;
-        # and (unordered, per_key > 1) the per-key reorder buffers
+        # keyed state: per key, items running or queued to run; items waiting their turn
         self._key_busy: dict[Any, int] = {}
         self._key_wait: dict[Any, deque[tuple[int, Any, Any]]] = {}
-        self._key_seq: dict[Any, int] = {}
-        self._key_next: dict[Any, int] = {}
-        self._key_results: dict[Any, dict[int, Any]] = {}
-        self._item_kseq: dict[int, int] = {}
 
     async def run(self, seg: Segment, status: _Status) -> None:
         self._seg = seg
+        self._order.start(seg.emit)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.factory is None:
@@ -181,6 +176,7 @@ class PoolHead(Head):
         n = self.max_workers
         key_fn = self.key_fn
         take = seg.chunk_size
+        order = self._order
         while True:
             if inp.demand:
                 # fed by a balance: take only what the pool can start now, so the balance
@@ -192,11 +188,9 @@ class PoolHead(Head):
                 return
             self.n_in += len(chunk)
             for item in chunk:
-                while self._pending >= limit or (spawn and self._running >= n):
+                while order.pending >= limit or (spawn and self._running >= n):
                     await self._space.park()
-                seq = self._seq
-                self._seq = seq + 1
-                self._pending += 1
+                seq = order.admit()
                 if spawn:
                     self._running += 1
                     nursery.start_soon(seg.runner.guarded, self._one, seq, item)
@@ -218,7 +212,7 @@ class PoolHead(Head):
             free = self.max_workers - self._running
         else:
             free = self._idle_workers + (self.max_workers - self.workers if self.adaptive else 0)
-        return min(free, self.limit - self._pending)
+        return min(free, self.limit - self._order.pending)
 
     def _admit_keyed(self, seq: int, item: Any, key_fn: Callable[[Any], Any]) -> None:
         try:
@@ -228,9 +222,7 @@ class PoolHead(Head):
             self.failed(exc, item)
             raise
         if not self.ordered and self.per_key > 1:
-            kseq = self._key_seq.get(k, 0)
-            self._key_seq[k] = kseq + 1
-            self._item_kseq[seq] = kseq
+            self._order.number_in_key(seq, k)
         if busy < self.per_key:
             self._key_busy[k] = busy + 1
             self._queue.append((seq, item, k))
@@ -257,9 +249,9 @@ class PoolHead(Head):
         # worker must not be counted idle, or the feeder would not grow an adaptive pool
         self._idle_workers -= len(self._work.unpark())
 
-    def _admitted_done(self, count: int) -> None:
-        self._pending -= count
-        if self._space and self._pending <= self._wake_below:
+    def _wake_feeder(self) -> None:
+        """Results left the window: wake the feeder once it may admit a run of items."""
+        if self._space and self._order.pending <= self._wake_below:
             self._space.unpark()
 
     async def _worker(self, task_status: _Status) -> None:
@@ -354,6 +346,7 @@ class PoolHead(Head):
         with_resource = self.resource is not None
         keyed = self.key_fn is not None
         pace = self._pace
+        deposit = self._order.deposit
         started = 0.0
         while True:
             if not queue:
@@ -398,9 +391,9 @@ class PoolHead(Head):
             if keyed:
                 self._release_key(k)
                 if not self.ordered and self.per_key > 1:
-                    await self._deposit_keyed(seq, k, r)
+                    await self._order.deposit_in_key(seq, k, r)
                     continue
-            await self._deposit(seq, r)
+            await deposit(seq, r)
             if pace and (delay := self._desync(started)):
                 await trio.sleep(delay)
 
@@ -467,113 +460,35 @@ class PoolHead(Head):
             self._running -= 1
             if self._space:
                 self._space.unpark()
-        await self._deposit(seq, r)
-
-    async def _deposit(self, seq: int, result: Any) -> None:
-        seg = self._seg
-        assert seg is not None
-        if not self.ordered:
-            if result is _SKIPPED or (self.many and not result):
-                self._admitted_done(1)
-                return
-            outs = result if self.many else [result]
-            self.n_out += len(outs)
-            try:
-                await seg.emit(outs)
-            finally:
-                self._admitted_done(1)
-            return
-        results = self._results
-        results[seq] = result
-        self.waiting = len(results)
-        if self._emitting:
-            return
-        self._emitting = True
-        try:
-            while self._next in results:
-                batch = []
-                nxt = self._next
-                while nxt in results:
-                    batch.append(results.pop(nxt))
-                    nxt += 1
-                count = nxt - self._next
-                self._next = nxt
-                self.waiting = len(results)
-                batch = [r for r in batch if r is not _SKIPPED]
-                if self.many:
-                    batch = [out for outs in batch for out in outs]
-                self.n_out += len(batch)
-                # the batch counts against the window until it is handed on: while the next
-                # edge is full, results behind it must not pile up past ``window - 1``
-                if batch:
-                    await seg.emit(batch)
-                self._admitted_done(count)
-        finally:
-            self._emitting = False
-            if self.streaming:
-                self._turn.unpark_all()  # the next item's worker may hand on directly
+        await self._order.deposit(seq, r)
 
     async def _stream(self, seq: int, item: Any) -> list[Any]:
         """Run ``flat_map``'s async generator on ``item``, handing outputs on as they come
         when its turn has come (unordered: always); before its turn hold at most
         ``inner_limit`` outputs, without advancing the generator. Returns the outputs still
-        held, which ``_deposit`` hands on in order."""
+        held, which the order hands on in their turn."""
         seg = self._seg
         assert seg is not None
         held: list[Any] = []
+        order = self._order
         async with aclosing(self.fn(item)) as agen:
             async for out in agen:
                 held.append(out)
-                if self.ordered and not self._my_turn(seq):
+                if self.ordered and not order.my_turn(seq):
                     if len(held) < self.inner_limit:
                         continue
-                    while not self._my_turn(seq):
-                        await self._turn.park()
+                    await order.wait_turn(seq)
                 self.n_out += len(held)
                 if not self.ordered:
                     await seg.emit(held)
                 else:
-                    self._emitting = True  # nothing else is handed on meanwhile
+                    order.emitting = True  # nothing else is handed on meanwhile
                     try:
                         await seg.emit(held)
                     finally:
-                        self._emitting = False
+                        order.emitting = False
                 held = []
         return held
-
-    def _my_turn(self, seq: int) -> bool:
-        """Every item before ``seq`` has been handed on (ordered)."""
-        return self._next == seq and not self._emitting
-
-    async def _deposit_keyed(self, seq: int, k: Any, result: Any) -> None:
-        """Unordered with ``per_key > 1``: hand results on in input order within each key."""
-        seg = self._seg
-        assert seg is not None
-        kseq = self._item_kseq.pop(seq)
-        results = self._key_results.setdefault(k, {})
-        results[kseq] = result
-        self.waiting += 1
-        nxt = self._key_next.get(k, 0)
-        if kseq != nxt:
-            return  # an earlier item of this key is still running; it will hand this on
-        batch = []
-        while nxt in results:
-            batch.append(results.pop(nxt))
-            nxt += 1
-        self._key_next[k] = nxt
-        if not results:
-            del self._key_results[k]
-        if nxt == self._key_seq.get(k):  # every admitted item of the key is handed on
-            del self._key_next[k], self._key_seq[k]
-        self.waiting -= len(batch)
-        count = len(batch)
-        batch = [r for r in batch if r is not _SKIPPED]
-        self.n_out += len(batch)
-        try:
-            if batch:
-                await seg.emit(batch)
-        finally:
-            self._admitted_done(count)
 
 
 def _post_filter(item: Any, result: Any) -> Any:
