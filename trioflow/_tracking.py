@@ -192,7 +192,7 @@ def track(spec: Any, name: str) -> Any:
     ``DefinitionValueError`` naming the node when it cannot carry acknowledgements yet."""
     evolve = attrs.evolve
     backend = getattr(spec, "backend", None)
-    if backend is not None and not getattr(backend, "inline", False):
+    if backend is not None and not getattr(backend, "runs_inline", False):
         raise DefinitionValueError(
             f"{spec.operator} {name!r} runs on a worker backend ({backend!r}), which a run that "
             "tracks acknowledgements cannot use yet (tickets live on the Trio thread)"
