@@ -322,8 +322,8 @@ async def _nothing(emit: tf.Emit[Any]) -> None:
 
 
 @pytest.mark.parametrize("stage", [
-    tf.window(tf.Tumbling(1), tf.CollectAll(), name="w"), tf.throttle(1, name="w"),
-    tf.debounce(1, name="w"), tf.sample(1, name="w"), tf.delay(1, name="w"),
+    tf.window(tf.Tumbling(1), tf.CollectAll(), name="w"),
+    tf.debounce(1, name="w"), tf.sample(1, name="w"),
 ])
 def test_time_operators_in_a_run_with_acknowledgements_are_refused_at_definition(
     stage: tf.Stage[Any, Any],
@@ -331,3 +331,27 @@ def test_time_operators_in_a_run_with_acknowledgements_are_refused_at_definition
     flow = tf.source(_nothing, on_ack=lambda acks: None) | stage
     with pytest.raises(tf.DefinitionValueError, match="'w' does not carry acknowledgements"):
         flow.plan()
+
+
+@pytest.mark.parametrize("stage", ["throttle", "delay"])
+async def test_throttle_and_delay_carry_acknowledgements(
+    autojump_clock: trio.testing.MockClock, stage: str,
+) -> None:
+    # they pass items on unchanged: each item is acknowledged when the sink has it, not
+    # when it passed the rate control
+    acks: list[tf.Ack] = []
+    stored: list[tuple[float, int]] = []
+    step = tf.throttle(1, per=1.0) if stage == "throttle" else tf.delay(1.0)
+    acked_when_stored: list[bool] = []
+
+    def store(x: int) -> None:
+        acked_when_stored.append(x in {a.token for a in acks})
+        stored.append((trio.current_time(), x))
+
+    start = trio.current_time()
+    await (tf.from_iterable([1, 2, 3], on_ack=acks.extend) | step | tf.sink(store)).run()
+    assert [x for _, x in stored] == [1, 2, 3]
+    assert acked_when_stored == [False, False, False]
+    assert sorted(a.token for a in acks) == [1, 2, 3] and all(a.ok for a in acks)
+    times = [round(t - start, 6) for t, _ in stored]
+    assert times == ([0.0, 1.0, 2.0] if stage == "throttle" else [1.0, 1.0, 1.0])

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from . import _stage as s
+from . import _time
 from ._acks import Tracked, settle
 from ._callables import CallKind, LiftedInstance
 from ._errors import DefinitionValueError
@@ -234,13 +235,13 @@ def track(spec: Any, name: str) -> Any:
         return evolve(spec, fn=_lift_fold(spec.fn, spec.kind))
     if isinstance(spec, s.RouteSpec):
         return evolve(spec, key=_lift_key(spec.key))
-    if isinstance(spec, s.BalanceSpec | s.MergeSpec):
-        return spec
+    if isinstance(spec, s.BalanceSpec | s.MergeSpec | _time.ThrottleStage | _time.DelayStage):
+        return spec  # they pass items on unchanged, tickets and all
     raise DefinitionValueError(
         f"{spec.operator} {name!r} does not carry acknowledgements yet: a run whose source "
         "asks for them (on_ack=) can use sources from_iterable and source, and map, filter, "
-        "tap, flat_map, take, take_while, scan, batch, persistent, on_demand, parallel, the "
-        "sinks, broadcast, route, balance, merge and zip"
+        "tap, flat_map, take, take_while, scan, batch, persistent, on_demand, parallel, "
+        "throttle, delay, the sinks, broadcast, route, balance, merge and zip"
     )
 
 
