@@ -261,6 +261,10 @@ async def test_bad_input_is_rejected_per_record_with_connection_and_line(nursery
     assert s.dead[0].item.raw == b'{"id": 2, "sensor": '
     assert s.dead[0].item.connection.peer.startswith("127.0.0.1:")
     assert s.stats().rejected == 6
+    # and they are the source stage's dead letters in the run's statistics (what the
+    # dashboard and the metrics show), not only in the connector's own counters
+    [source] = [st for st in s.handle.statistics().stages if st.operator == "source"]
+    assert source.dead_lettered == 6 and source.skipped == 0
     # each rejection is answered on the connection that sent it, one line each
     await bad.send_eof()
     replies = (await read_all(bad)).decode().splitlines()

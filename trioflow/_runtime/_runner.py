@@ -31,10 +31,13 @@ from ._segment import Head, Output, Segment, _Status
 from ._stages import BatchTimerHead, PassHead
 
 
-def _guard_stats(guard: Guard | None) -> dict[str, int]:
-    if guard is None:
+def _guard_stats(guard: Guard | None, side: list[Guard] | None = None) -> dict[str, int]:
+    guards = ([] if guard is None else [guard]) + (side or [])
+    if not guards:
         return {}
-    return {"skipped": guard.skipped, "dead_lettered": guard.dead_lettered, "retries": guard.retries}
+    return {"skipped": sum(g.skipped for g in guards),
+            "dead_lettered": sum(g.dead_lettered for g in guards),
+            "retries": sum(g.retries for g in guards)}
 
 
 def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
@@ -332,7 +335,7 @@ class Runner:
                     name=h.name, operator=h.node.operator, lifecycle=h.node.lifecycle,
                     segment=seg.plan.index, items_in=h.n_in, items_out=h.n_out, errors=h.errors,
                     in_flight=h.in_flight, workers=h.workers, waiting=h.waiting,
-                    restarts=h.restarts, **_guard_stats(h.guard), **_time_stats(h),
+                    restarts=h.restarts, **_guard_stats(h.guard, h.side_guards), **_time_stats(h),
                 ))
             op_nodes = seg.plan.nodes if seg.plan.pass_head else seg.plan.nodes[1:]
             for node, op in zip(op_nodes, seg.ops, strict=True):

@@ -82,6 +82,9 @@ class Head:
         self.workers = 1
         self.waiting = 0
         self.guard: Guard | None = _guard_for(node) if node is not None else None
+        #: policies that a source's own code applies (a connector's rejections), whose
+        #: counters are the stage's too (``Emit._counts``)
+        self.side_guards: list[Guard] = []
         #: the run tracks acknowledgements: a source hands on ``Tracked`` items
         self.tracked = False
         #: a source that asked for acknowledgements: where its tickets settle

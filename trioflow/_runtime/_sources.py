@@ -17,7 +17,7 @@ from .._edge import Edge
 from .._errors import SourceConsumedError
 from .._ops import BatchOp
 from .._plan import PlanNode
-from .._policies import Supervisor
+from .._policies import Guard, Supervisor
 from .._stage import (
     AsyncIterableSource,
     ChannelSource,
@@ -306,6 +306,12 @@ class Emit(Generic[T]):
         self._seg = seg
         self._head = head
         self._n = 0
+
+    def _counts(self, guard: Guard) -> None:
+        """Count ``guard``'s skips, dead letters and retries as the source stage's own (a
+        connector that applies a policy to its bad input, as ``tcp_source``'s ``rejects``:
+        they show in ``statistics()``, the dashboard and the metrics)."""
+        self._head.side_guards.append(guard)
 
     async def __call__(self, item: T, *, ack: object = _NO_ACK) -> None:
         """Hand on ``item``; ``ack`` is its token when the source asked for

@@ -386,6 +386,7 @@ class RedisConsumer:
     async def run(self, emit: Emit[Any], task_status: trio.TaskStatus[None]) -> None:
         spec = self.spec
         guard = Guard(spec.name or "redis_source", spec.dead_letters)
+        emit._counts(guard)  # its poison and undecodable entries are the stage's dead letters
         try:
             await self._call(self._create_group)
             if spec.on_start is not None:

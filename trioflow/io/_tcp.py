@@ -403,6 +403,7 @@ class TcpServer:
         self.spec = spec
         self._emit = emit
         self._guard = Guard(spec.name or "tcp_source", spec.rejects)
+        emit._counts(self._guard)  # its rejections are the stage's skips or dead letters
         self._next_id = 0
         self._open = 0
         self._refused = 0
