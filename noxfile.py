@@ -45,8 +45,9 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def examples(session: nox.Session) -> None:
     """Run every examples/*.py script with a time limit."""
-    # [process]: examples/ml_pipeline.py scores on worker processes (trio-parallel)
-    session.install("-e", ".[process]")
+    # [process]: examples/ml_pipeline.py scores on worker processes (trio-parallel);
+    # [rich]: examples/observing.py shows progress
+    session.install("-e", ".[process,rich]")
     session.run("python", "examples/_run_all.py", *session.posargs)
 
 
