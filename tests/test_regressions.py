@@ -8,6 +8,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -401,3 +402,32 @@ def test_fork_join_after_an_unordered_pool_joins_every_item(seed: int, buffer: i
 
     joined = run_virtual(main)
     assert sorted(joined) == sorted((x + 1, -x) for x in range(n))
+
+
+@pytest.mark.parametrize("acks", [False, True])
+async def test_a_failure_raced_by_an_outside_cancel_still_raises_the_failure(
+    autojump_clock: trio.testing.MockClock, acks: bool
+) -> None:
+    # found by the generated pipelines (long profile): a fail-fast error and a cancel of the
+    # scope around the run arriving together came out, in a run with acknowledgements, as
+    # a bare Cancelled with the state FAILED: the error was lost
+    def fails(x: int) -> int:
+        raise ValueError(f"no {x}")
+
+    async def double(x: int) -> int:
+        return x * 2
+
+    kw: dict[str, Any] = {"on_ack": lambda a: None} if acks else {}
+    pipeline = tf.from_iterable([0], **kw) | tf.map(double) | tf.map(fails) | tf.to_list()
+    with pytest.raises(ExceptionGroup) as info:
+        with trio.CancelScope() as outside:
+            async with trio.open_nursery() as nursery:
+                handle = await nursery.start(
+                    lambda task_status: pipeline.run(chunk_size=1, buffer=1, task_status=task_status))
+                await trio.lowlevel.checkpoint()
+                if handle.state is tf.RunState.RUNNING:
+                    outside.cancel()
+    assert handle.state is tf.RunState.FAILED
+    [run_failed] = info.value.exceptions
+    assert isinstance(run_failed, ExceptionGroup)
+    assert [repr(e) for e in run_failed.exceptions] == ["ValueError('no 0')"]

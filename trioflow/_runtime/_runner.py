@@ -249,6 +249,15 @@ class Runner:
             self.state = RunState.FAILED if self.errors else RunState.CANCELLED
             cancelled = _sole_cancelled(exc)
             if cancelled is not None:
+                if self.errors:
+                    # the run had failed before the outside cancellation reached it: its
+                    # errors win over the cancellation, as a task's error does in a Trio
+                    # nursery (they were lost: a fail-fast error raced with a cancel
+                    # came out as a bare Cancelled, found by the generated pipelines)
+                    try:
+                        self.raise_errors(collected=False)
+                    except ExceptionGroup as group:
+                        raise group from None
                 # trio wraps the tasks' Cancelled in (nested) nursery groups; an outside
                 # cancellation is documented to propagate as one plain trio.Cancelled
                 raise cancelled from None
