@@ -8,6 +8,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from contextlib import aclosing
+from itertools import repeat
 from typing import Any
 
 import trio
@@ -35,7 +36,7 @@ PACE_MIN_WORKERS = 8
 #: ... and spreads such a bunch at most once every this many call lengths
 PACE_EVERY = 10
 #: ... once the bunch has reached this fraction (1/PACE_BUNCH) of the workers
-PACE_BUNCH = 4
+PACE_BUNCH = 2
 
 
 class PoolHead(Head):
@@ -45,8 +46,11 @@ class PoolHead(Head):
     on-demand). At most ``limit`` items are between admission and hand-off:
     in ordered mode ``limit`` is the reorder window (in-flight calls are limited to N
     separately, finished results wait in the reorder buffer for their turn); unordered,
-    ``limit`` is 2·N so a worker finds its next item ready. A worker hands its result on
-    itself, without yielding when the next edge has room, and takes the next item at once.
+    ``limit`` is 2·N so a worker finds its next item ready. A worker leaves its result
+    (``Reorder.place``) and takes the next item at once; the hand-on task
+    (``_hand_on_task``) hands on what was left, once per scheduler pass rather than once
+    per worker (keyed pools, streamed generators and on-demand tasks hand on themselves).
+    The feeder holds a received chunk until all of it is admitted (``_admit_runs``).
     Admission and order follow ``Reorder`` (``_reorder.py``), as on a worker backend.
 
     Keyed (``map(key=...)``): an item waits in its key's queue while ``per_key`` items of
@@ -125,6 +129,9 @@ class PoolHead(Head):
         # pass per run instead of per item, while workers still find items queued
         self._wake_below = self.limit - max(1, (self.limit - n) // 2)
         self._ready = 0
+        #: the chunk the feeder holds while its items are admitted (see `_admit_runs`)
+        self._held: list[Any] | None = None
+        self._held_at = 0
         self._all_ready = trio.Event()
         # de-synchronising (see `_desync`): a fixed pool of at least PACE_MIN_WORKERS
         self._pace = self.factory is None and not self.adaptive and n >= PACE_MIN_WORKERS
@@ -132,7 +139,14 @@ class PoolHead(Head):
         self._last_done = -math.inf  # when the last call ended
         self._bunch = 0  # how many calls ended, one right after the other, before this one
         self._paced_until = -math.inf  # no new spreading before this time (see `_desync`)
+        self._bunch_at = int(n / PACE_BUNCH)  # the bunch's member from which it is spread
+        self._half_gap = 0.5 / n  # a call ending within mean * this of the last is in its bunch
         self._queue: deque[tuple[int, Any, Any]] = deque()
+        # a fixed or adaptive pool without keys or streaming hands results on from one task
+        self._handoff = self.factory is None and self.key_fn is None and not self.streaming
+        self._hand_on_due = False
+        self._hand_on_lot = trio.lowlevel.ParkingLot()
+        self._workers_done = False
         self._work = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -158,15 +172,33 @@ class PoolHead(Head):
                     self._spawn_worker()
                 if self.resource is not None:
                     await self._all_ready.wait()  # every worker entered its resource
+            if self._handoff:
+                nursery.start_soon(self._hand_on_task)
             status.started()
             await self._feed(seg, nursery)
             self._closed = True
             self._idle_workers -= len(self._work.unpark_all())
+            if self.workers == 0:
+                self._all_workers_done()
 
     def _spawn_worker(self) -> None:
         assert self._nursery is not None and self._seg is not None
         self.workers += 1
-        self._nursery.start_soon(self._seg.runner.guarded, self._worker)
+        if self.resource is None:
+            self._nursery.start_soon(self._plain_worker)
+        else:
+            self._nursery.start_soon(self._seg.runner.guarded, self._worker)
+
+    async def _plain_worker(self) -> None:
+        """A worker without a resource: ``_work_loop`` with the runner's guard written out
+        (one coroutine fewer on the path of every call's wake-up)."""
+        try:
+            await self._work_loop(None, [None])
+        except Exception as exc:
+            assert self._seg is not None
+            self._seg.runner.fail(exc)
+        finally:
+            self._worker_ended()
 
     async def _feed(self, seg: Segment, nursery: trio.Nursery) -> None:
         assert seg.inp is not None
@@ -187,6 +219,9 @@ class PoolHead(Head):
             if chunk is None:
                 return
             self.n_in += len(chunk)
+            if not spawn and key_fn is None:
+                await self._admit_runs(chunk)
+                continue
             for item in chunk:
                 while order.pending >= limit or (spawn and self._running >= n):
                     await self._space.park()
@@ -203,6 +238,44 @@ class PoolHead(Head):
                     self._wake_one()
                 elif self.adaptive and self.workers < n and self._queue:
                     self._spawn_worker()
+
+    async def _admit_runs(self, chunk: list[Any]) -> None:
+        """Queue ``chunk`` for the workers (a fixed or adaptive pool, no keys). The feeder
+        holds the chunk until all of it is admitted: as many items as the window admits
+        now, the rest by whoever releases room (``_wake_feeder``, synchronously, in the
+        task handing results on), so that admitting costs no task switch of its own; the
+        feeder wakes again only to receive the next chunk."""
+        self._held = chunk
+        self._held_at = 0
+        self._admit_held()
+        while self._held is not None:
+            await self._space.park()
+
+    def _admit_held(self) -> None:
+        """Admit what the window allows of the held chunk, numbered together, with one
+        wake-up for as many idle workers as there are new items (and, adaptive, new workers
+        for the rest); wake the feeder once the whole chunk is admitted."""
+        chunk = self._held
+        assert chunk is not None
+        order = self._order
+        k = min(self.limit - order.pending, len(chunk) - self._held_at)
+        if k <= 0:
+            return
+        i = self._held_at
+        seq = order.admit_many(k)
+        self._queue.extend(zip(range(seq, seq + k), chunk[i:i + k] if k < len(chunk) else chunk,
+                               repeat(None)))
+        self._held_at = i = i + k
+        if i == len(chunk):
+            self._held = None
+            if self._space:
+                self._space.unpark()
+        woken = min(self._idle_workers, k)
+        if woken:
+            self._idle_workers -= len(self._work.unpark(count=woken))
+        if self.adaptive:
+            for _ in range(min(k - woken, self.max_workers - self.workers)):
+                self._spawn_worker()
 
     def _startable(self) -> int:
         """How many more items the pool could start at once: free task slots (on-demand)
@@ -250,15 +323,15 @@ class PoolHead(Head):
         self._idle_workers -= len(self._work.unpark())
 
     def _wake_feeder(self) -> None:
-        """Results left the window: wake the feeder once it may admit a run of items."""
-        if self._space and self._order.pending <= self._wake_below:
+        """Results left the window: admit from the held chunk now, or wake the feeder once
+        it may admit a run of items."""
+        if self._held is not None:
+            self._admit_held()
+        elif self._space and self._order.pending <= self._wake_below:
             self._space.unpark()
 
     async def _worker(self, task_status: _Status) -> None:
         try:
-            if self.resource is None:
-                await self._work_loop(None, [None])
-                return
             current: list[tuple[int, Any, Any] | None] = [None]
             ready = False
             while True:
@@ -276,7 +349,32 @@ class PoolHead(Head):
                 else:
                     return
         finally:
-            self.workers -= 1
+            self._worker_ended()
+
+    def _worker_ended(self) -> None:
+        self.workers -= 1
+        if self._closed and self.workers == 0:
+            self._all_workers_done()
+
+    def _all_workers_done(self) -> None:
+        self._workers_done = True
+        self._hand_on_lot.unpark()
+
+    async def _hand_on_task(self) -> None:
+        """Hands on what the workers leave (``Reorder.place``), from one task: a worker
+        whose result may be handed on wakes it and takes its next item at once, and the
+        results left during one scheduler pass go on together, one ``emit`` for all of them
+        instead of one per worker (ordered: per run of consecutive results). Ends when
+        every worker has ended and nothing is left to hand on."""
+        order = self._order
+        while True:
+            if self._hand_on_due:
+                self._hand_on_due = False
+                await order.hand_on()
+            elif self._workers_done:
+                return
+            else:
+                await self._hand_on_lot.park()
 
     def _restart_delay(self, exc: Exception) -> float | None:
         """Supervision: how long to wait before restarting after ``exc``, or None to fail.
@@ -346,25 +444,18 @@ class PoolHead(Head):
         with_resource = self.resource is not None
         keyed = self.key_fn is not None
         pace = self._pace
-        deposit = self._order.deposit
+        order = self._order
+        place = order.place
+        # results are handed on by the pool's hand-on task (see `_hand_on_task`)
+        handoff = self._handoff
+        lot = self._hand_on_lot
+        # the clock's own method: `trio.current_time()` goes through two more calls
+        now = trio.lowlevel.current_clock().current_time
         started = 0.0
         while True:
             if not queue:
-                if self._closed:
+                if await self._idle():
                     return
-                self._idle_workers += 1
-                if self._space:
-                    self._space.unpark()  # a feeder on a balance's edge waits for a free worker
-                woken = False
-                try:
-                    with trio.move_on_after(self.idle) as cs:  # idle is inf unless adaptive
-                        await self._work.park()
-                    woken = not cs.cancelled_caught
-                finally:
-                    if not woken:
-                        self._idle_workers -= 1
-                if not woken and not queue and self.workers > self.min_workers:
-                    return  # idle for `idle` seconds: shrink
                 continue
             job = queue.popleft()
             seq, item, k = job
@@ -372,7 +463,7 @@ class PoolHead(Head):
             self.in_flight += 1
             r: Any
             if pace:
-                started = trio.current_time()
+                started = now()
             try:
                 if streaming:
                     r = await self._stream(seq, item)
@@ -393,11 +484,38 @@ class PoolHead(Head):
                 if not self.ordered and self.per_key > 1:
                     await self._order.deposit_in_key(seq, k, r)
                     continue
-            await deposit(seq, r)
-            if pace and (delay := self._desync(started)):
+            if place(seq, r):  # nobody is handing on, and (ordered) its turn has come
+                if handoff:
+                    self._hand_on_due = True
+                    lot.unpark()
+                else:
+                    await order.hand_on()  # this worker hands the run on
+            if pace and (delay := self._desync(started, now())):
                 await trio.sleep(delay)
 
-    def _desync(self, started: float) -> float:
+    async def _idle(self) -> bool:
+        """The queue is empty: wait for an item. True when the worker is to end (the input
+        ended, or an adaptive pool's worker was idle for ``idle`` seconds)."""
+        if self._closed:
+            return True
+        self._idle_workers += 1
+        if self._space:
+            self._space.unpark()  # a feeder on a balance's edge waits for a free worker
+        woken = False
+        try:
+            if self.adaptive:  # an idle worker leaves after `idle` seconds
+                with trio.move_on_after(self.idle) as cs:
+                    await self._work.park()
+                woken = not cs.cancelled_caught
+            else:
+                await self._work.park()
+                woken = True
+        finally:
+            if not woken:
+                self._idle_workers -= 1
+        return not woken and not self._queue and self.workers > self.min_workers
+
+    def _desync(self, started: float, now: float) -> float:
         """How long a worker whose call began at ``started`` and has just ended waits before
         taking its next item: zero unless calls are ending in a bunch while work is queued.
 
@@ -408,29 +526,29 @@ class PoolHead(Head):
         64 calls of 5 ms). When a call ends less than half of ``mean/N`` after the previous one
         (``mean/N`` is the spacing of N calls of length ``mean`` spread evenly) it belongs to
         the same bunch;
-        the ``m``-th call of a bunch, from ``N/4`` on, while at least N items wait, waits
-        ``m * mean / N`` before its next call: the bunch's starts are spread over one call's
-        length, as N evenly phased workers would be, and stay spread. Calls of uneven
+        the ``m``-th call of a bunch, from ``N/2`` on, while at least N items wait, waits
+        ``m * mean / N`` before its next call: the starts of the bunch's later half are
+        spread over the rest of one call's length. (Smaller bunches are what Trio's
+        millisecond timers make of evenly phased calls anyway; spreading them only delays
+        their calls: see docs/design.md, "Calls that end together are spread".) Calls of uneven
         length never bunch, so they never wait. The cost is about half a call's length of
         throughput per spread bunch; a bunch forms again only after a pause of the whole
         process (a busy machine), so a bunch is spread at most once every ``PACE_EVERY``
         call lengths, which bounds what spreading can cost where pauses are frequent.
         """
-        now = trio.current_time()
-        n = self.max_workers
-        took = now - started
-        mean = self._mean_call = took if not self._mean_call else (
-            self._mean_call + (took - self._mean_call) / 16)
-        spacing = mean / n
-        if now - self._last_done < spacing / 2:
-            self._bunch += 1
+        mean = self._mean_call
+        mean = self._mean_call = (now - started) if not mean else (
+            mean + (now - started - mean) * 0.0625)
+        if now - self._last_done < mean * self._half_gap:
+            m = self._bunch = self._bunch + 1
         else:
-            self._bunch = 0
+            m = self._bunch = 0
         self._last_done = now
-        m = self._bunch
-        if m < n // PACE_BUNCH:
+        if m < self._bunch_at:
             return 0.0
-        if m == n // PACE_BUNCH:  # a bunch begins: spread it, unless one was spread a moment ago
+        n = self.max_workers
+        spacing = mean / n
+        if m == self._bunch_at:  # a bunch begins: spread it, unless one was spread a moment ago
             seg = self._seg
             backlog = len(self._queue) + (
                 seg.inp.items if seg is not None and seg.inp is not None else 0)

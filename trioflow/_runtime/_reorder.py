@@ -59,7 +59,7 @@ class Reorder:
     with the admission count that bounds them; see the module's theory of operation."""
 
     __slots__ = (
-        "_done", "_emit", "_head", "_keys", "_line", "_stop", "_turn", "_waited", "many", "ordered",
+        "_done", "_emit", "_head", "_keys", "_line", "_loose", "_stop", "_turn", "_waited", "many", "ordered",
         "pending", "seq", "weigh", "window",
     )
 
@@ -86,6 +86,8 @@ class Reorder:
         self.seq = 0
         self.pending = 0
         self._line = _Line()
+        #: unordered: slots left by their tasks while another task was handing on
+        self._loose: list[Any] = []
         self._turn = trio.lowlevel.ParkingLot()
         self._waited = False
         #: per key (unordered, several running per key): the key's own order, while the
@@ -115,6 +117,14 @@ class Reorder:
         seq = self.seq
         self.seq = seq + 1
         self.pending += 1
+        return seq
+
+    def admit_many(self, count: int) -> int:
+        """Number ``count`` units at once (consecutive numbers) and count them against the
+        window; returns the first number."""
+        seq = self.seq
+        self.seq = seq + count
+        self.pending += count
         return seq
 
     def release(self, count: int) -> None:
@@ -159,20 +169,53 @@ class Reorder:
         """Unit ``seq`` finished with ``slot``: hand it on now (unordered) or in its turn
         in ``line`` (the stage's order, or a key's). Returns True when a ``stop`` was
         reached (nothing after it is handed on)."""
-        run: tuple[list[Any], int] | None
-        if line is None and not self.ordered:
-            run = ([slot] if not (self.many or slot is _SKIPPED) else self._outputs([slot]), 1)
-        else:
-            if line is None:
-                line = self._line
-            line.results[seq] = slot
-            self._head.waiting += len(slot) if self.weigh else 1
-            if line.emitting or seq != line.next:
-                return False  # the task handing on, or an earlier unit's, will reach it
-            line.emitting = True
-            run = self._take(line)
+        if not self.place(seq, slot, line):
+            return False
+        return await self.hand_on(line)
+
+    def place(self, seq: int, slot: Any, line: _Line | None = None) -> bool:
+        """The synchronous half of ``deposit``: leave ``slot`` in ``line``'s buffer
+        (unordered: among the slots to hand on as they come). True when nobody is handing
+        on and (ordered) its turn has come: the caller must then see that ``hand_on(line)``
+        is awaited, now or by a task it wakes; False when the task handing on, or (ordered)
+        an earlier unit's, will reach it. A slot so left costs no coroutine."""
+        if line is None:
+            line = self._line
+            if not self.ordered:
+                self._loose.append(slot)
+                self._head.waiting += len(slot) if self.weigh else 1
+                if line.emitting:
+                    return False
+                line.emitting = True
+                return True
+        line.results[seq] = slot
+        self._head.waiting += len(slot) if self.weigh else 1
+        if line.emitting or seq != line.next:
+            return False
+        line.emitting = True
+        return True
+
+    async def hand_on(self, line: _Line | None = None) -> bool:
+        """Hand on after ``place`` returned True: ``line``'s runs of consecutive slots
+        (unordered: every slot left), those left meanwhile too. See ``deposit``."""
+        if line is None:
+            line = self._line
+            if not self.ordered:
+                return await self._hand_on(self._take_loose, line)
+        return await self._hand_on(lambda: self._take(line), line)
+
+    def _take_loose(self) -> tuple[list[Any], int] | None:
+        """Unordered: every slot left so far, as one run."""
+        slots = self._loose
+        if not slots:
+            return None
+        self._loose = []
+        self._head.waiting -= sum(map(len, slots)) if self.weigh else len(slots)
+        return self._outputs(slots), len(slots)
+
+    async def _hand_on(self, take: Callable[[], tuple[list[Any], int] | None], line: _Line) -> bool:
         try:
-            while run is not None:  # one run at a time, those deposited meanwhile too
+            while (run := take()) is not None:  # one run at a time, those left meanwhile too
                 outs, count = run
                 stop = self._stop
                 at = None if stop is None else next(
@@ -189,15 +232,11 @@ class Reorder:
                     self._done()
                 if at is not None:
                     return True
-                if line is None or line.next not in line.results:
-                    return False
-                run = self._take(line)
             return False
         finally:
-            if line is not None:
-                line.emitting = False
-                if self._waited:
-                    self._turn.unpark_all()  # a streaming worker whose turn it may be
+            line.emitting = False
+            if self._waited:
+                self._turn.unpark_all()  # a streaming worker whose turn it may be
 
     def number_in_key(self, seq: int, key: Any) -> None:
         """Number unit ``seq`` within its key (unordered, several running per key)."""
