@@ -173,7 +173,7 @@ class PoolHead(Head):
                 if self.resource is not None:
                     await self._all_ready.wait()  # every worker entered its resource
             if self._handoff:
-                nursery.start_soon(self._hand_on_task)
+                nursery.start_soon(seg.runner.guarded, self._hand_on_task)
             status.started()
             await self._feed(seg, nursery)
             self._closed = True
@@ -360,7 +360,7 @@ class PoolHead(Head):
         self._workers_done = True
         self._hand_on_lot.unpark()
 
-    async def _hand_on_task(self) -> None:
+    async def _hand_on_task(self, task_status: _Status) -> None:
         """Hands on what the workers leave (``Reorder.place``), from one task: a worker
         whose result may be handed on wakes it and takes its next item at once, and the
         results left during one scheduler pass go on together, one ``emit`` for all of them
