@@ -347,6 +347,61 @@ async def test_flat_map_of_iterables_and_async_generators_is_accepted() -> None:
         assert await (tf.from_iterable([1, 2]) | tf.flat_map(fn)).to_list() == [1, 2]
 
 
+def _unannotated_returns_agen(x):  # type: ignore[no-untyped-def]  # no annotation on purpose
+    return _agen(x)
+
+
+@pytest.mark.parametrize("policy", [{}, {"retry": tf.Retry(attempts=2)}],
+                         ids=["fused", "under a policy"])
+async def test_flat_map_of_an_unannotated_function_returning_an_async_iterable_says_so(
+    policy: dict[str, Any]
+) -> None:
+    # nothing tells at definition what an unannotated function returns: the run fails on
+    # the first item with an error that says what was returned and what to write instead
+    with pytest.raises(ExceptionGroup) as info:
+        await (tf.from_iterable([1, 2]) | tf.flat_map(_unannotated_returns_agen, **policy)).to_list()
+    err = single_leaf(info.value)
+    assert isinstance(err, TypeError)
+    for words in ("flat_map's function returned a 'async_generator'", "not iterable",
+                  "async generator function", "async for x in it: yield x"):
+        assert words in str(err)
+    assert "raised in stage 'flat_map' while processing item 1" in notes(err)
+
+
+def _returns_int(x: Any) -> Any:
+    return x
+
+
+async def _areturns_int(x: Any) -> Any:
+    return x
+
+
+@pytest.mark.parametrize("stage", [
+    lambda: tf.flat_map(_returns_int),
+    lambda: tf.flat_map(_returns_int, retry=tf.Retry(attempts=2)),
+    lambda: tf.flat_map(_areturns_int),
+    lambda: tf.flat_map(_areturns_int, concurrency=2),
+    lambda: tf.flat_map(_returns_int, backend=tf.Threads()),
+], ids=["fused", "under a policy", "async", "pool", "threads"])
+async def test_flat_map_of_a_function_returning_a_non_iterable_names_its_type(
+    stage: Callable[[], Any]
+) -> None:
+    with pytest.raises(ExceptionGroup) as info:
+        await (tf.from_iterable([1]) | stage()).to_list()
+    err = single_leaf(info.value)
+    assert isinstance(err, TypeError) and "returned a 'int', which is not iterable" in str(err)
+    assert "async generator" not in str(err)
+
+
+async def test_flat_map_keeps_a_type_error_raised_by_its_function() -> None:
+    def bad(x: Any) -> list[Any]:
+        raise TypeError("my own")
+
+    with pytest.raises(ExceptionGroup) as info:
+        await (tf.from_iterable([1]) | tf.flat_map(bad)).to_list()
+    assert str(single_leaf(info.value)) == "my own"
+
+
 # ------------------------------------------------------------------------- pipeline | stage
 
 

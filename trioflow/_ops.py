@@ -156,16 +156,45 @@ class EachOp(Op):
         out: Chunk = []
         extend = out.extend
         fn = self.each()
-        x = None
+        x = r = None
         try:
             for x in chunk:
-                extend(fn(x))
+                r = _UNSET
+                r = fn(x)
+                extend(r)
         except Exception as exc:
+            if isinstance(exc, TypeError) and r is not _UNSET and not hasattr(r, "__iter__"):
+                err = not_iterable(r)  # the function returned, `extend` failed
+                self._failed(err, x)
+                raise err from exc
             self._failed(exc, x)
             raise
         self.n_in += len(chunk)
         self.n_out += len(out)
         return out
+
+
+_UNSET = object()
+
+
+def not_iterable(result: object) -> TypeError:
+    """A clear error for a ``flat_map`` function whose result is not iterable, most often
+    an unannotated plain function returning an async iterable (an annotated one is refused
+    when the stage is defined). The stage's note names the stage."""
+    hint = (" (an async iterable: write the function as an async generator function, async "
+            "def with yield; `async for x in it: yield x` hands on another async iterable)"
+            if hasattr(result, "__aiter__") else "")
+    return TypeError(
+        f"flat_map's function returned a {type(result).__name__!r}, which is not iterable"
+        f"{hint}; flat_map iterates the function's result with `for`")
+
+
+def outputs_of(result: Any) -> list[Any]:
+    """``flat_map``: the outputs of one call, as a list (materialised: a failure mid-way
+    emits nothing); a clear error when the result is not iterable."""
+    if not hasattr(result, "__iter__"):
+        raise not_iterable(result)
+    return list(result)
 
 
 class FlatMapOp(EachOp):
@@ -176,7 +205,7 @@ class FlatMapOp(EachOp):
         self.fn = fn
 
     def apply_one(self, item: Any) -> Chunk:
-        return list(self.fn(item))  # materialised: a failure mid-way emits nothing
+        return outputs_of(self.fn(item))
 
     def each(self) -> Callable[[Any], Any]:
         return self.fn  # ``extend`` consumes the iterable directly

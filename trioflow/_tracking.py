@@ -17,6 +17,7 @@ from . import _time
 from ._acks import Tracked, settle
 from ._callables import CallKind, LiftedInstance
 from ._errors import DefinitionValueError
+from ._ops import outputs_of
 
 # -- lifting stages ------------------------------------------------------------------------------
 
@@ -108,12 +109,12 @@ def _lift_flat(fn: Callable[..., Any], kind: CallKind) -> Callable[..., Any]:
     closed early) are taken back, since those children are never handed on whole."""
     if kind is CallKind.SYNC:
         def flat(t: Tracked) -> list[Tracked]:
-            return _children(t, list(fn(t.value)))
+            return _children(t, outputs_of(fn(t.value)))
 
         return flat
     if kind is CallKind.ASYNC:
         async def aflat(t: Tracked) -> list[Tracked]:
-            return _children(t, list(await fn(t.value)))
+            return _children(t, outputs_of(await fn(t.value)))
 
         return aflat
     if kind is CallKind.SYNC_GEN:

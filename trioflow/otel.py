@@ -50,6 +50,7 @@ from opentelemetry.trace import Tracer, TracerProvider
 from . import _operators as ops
 from ._callables import CallKind, classify
 from ._errors import DefinitionTypeError, DefinitionValueError
+from ._ops import outputs_of
 from ._stage import Stage
 
 __all__ = ["Traced", "end", "filter", "flat_map", "map", "sample", "sink", "tap"]
@@ -223,12 +224,12 @@ def flat_map(fn: Callable[[Any], Any], **kw: Any) -> Stage[Any, Any]:
         return [Traced(v, context, x.tracer) for v in values]
 
     def plain(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        return lambda v: list(fn(v))
+        return lambda v: outputs_of(fn(v))
 
     kind = classify(fn, "fn")
     if kind is CallKind.ASYNC:
         async def alist(v: Any) -> list[Any]:
-            return list(await fn(v))
+            return outputs_of(await fn(v))
 
         alist.__name__ = getattr(fn, "__name__", "flat_map")
         return ops.flat_map(_traced(alist, kw, "flat_map", children), **kw)

@@ -33,6 +33,7 @@ import outcome
 import trio
 
 from .._backends import Backend, BackendRunner
+from .._ops import outputs_of
 from .._plan import PlanNode
 from .._stage import (
     FilterStage,
@@ -257,7 +258,7 @@ def _post_tap(item: Any, result: Any) -> list[Any]:
 
 
 def _post_flat(item: Any, result: Any) -> list[Any]:
-    return list(result)
+    return outputs_of(result)
 
 
 def _post_sink(item: Any, result: Any) -> list[Any]:
@@ -312,7 +313,7 @@ class Materialized:
         self.fn = fn
 
     def __call__(self, item: Any) -> list[Any]:
-        return list(self.fn(item))
+        return outputs_of(self.fn(item))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Materialized, (self.fn,))

@@ -15,6 +15,7 @@ import trio
 
 from .._callables import CallKind
 from .._errors import RunAborted, annotate
+from .._ops import outputs_of
 from .._plan import PlanNode
 from .._policies import Restart, Supervisor
 from .._stage import (
@@ -622,7 +623,7 @@ def _post_sink(item: Any, result: Any) -> Any:
 
 
 def _post_flat(item: Any, result: Any) -> Any:
-    return list(result)
+    return outputs_of(result)
 
 
 def _post_for(spec: PooledFnStage[Any, Any] | FnSink[Any]) -> Callable[[Any, Any], Any] | None:

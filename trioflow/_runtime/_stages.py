@@ -19,6 +19,7 @@ from .._ops import (
     KeyMemory,
     LastKey,
     keyed_output,
+    outputs_of,
     scan_output,
 )
 from .._plan import PlanNode
@@ -188,7 +189,7 @@ class AsyncEachHead(Head):
             # a function returning an iterable, or a generator collected per attempt (under
             # a policy, so that a failed item is never emitted in part)
             async def step(item: Any) -> None:
-                outs = list(await fn(item))
+                outs = outputs_of(await fn(item))
                 if outs:
                     self.n_out += len(outs)
                     await emit(outs)
