@@ -145,7 +145,8 @@ class PoolHead(Head):
         self._queue: deque[tuple[int, Any, Any]] = deque()
         # a fixed or adaptive pool without keys or streaming hands results on from one task
         self._handoff = self.factory is None and self.key_fn is None and not self.streaming
-        self._hand_on_due = False
+        #: the run a worker took for the hand-on task (see `_hand_on_task`)
+        self._hand_on_run: tuple[list[Any], int] | None = None
         self._hand_on_lot = trio.lowlevel.ParkingLot()
         self._workers_done = False
         self._work = trio.lowlevel.ParkingLot()
@@ -363,15 +364,17 @@ class PoolHead(Head):
 
     async def _hand_on_task(self, task_status: _Status) -> None:
         """Hands on what the workers leave (``Reorder.place``), from one task: a worker
-        whose result may be handed on wakes it and takes its next item at once, and the
-        results left during one scheduler pass go on together, one ``emit`` for all of them
-        instead of one per worker (ordered: per run of consecutive results). Ends when
-        every worker has ended and nothing is left to hand on."""
+        whose result may be handed on takes the run out of the buffer (``Reorder.take``,
+        so the buffer never holds more than ``window - 1`` results, as when a worker
+        handed on itself), wakes this task and takes its next item at once; the results
+        left meanwhile go on with the run, one ``emit`` for all of them instead of one per
+        worker (ordered: per run of consecutive results). Ends when every worker has
+        ended and nothing is left to hand on."""
         order = self._order
         while True:
-            if self._hand_on_due:
-                self._hand_on_due = False
-                await order.hand_on()
+            if self._hand_on_run is not None:
+                run, self._hand_on_run = self._hand_on_run, None
+                await order.hand_on(first=run)
             elif self._workers_done:
                 return
             else:
@@ -487,7 +490,7 @@ class PoolHead(Head):
                     continue
             if place(seq, r):  # nobody is handing on, and (ordered) its turn has come
                 if handoff:
-                    self._hand_on_due = True
+                    self._hand_on_run = order.take()  # out of the buffer now, on in a moment
                     lot.unpark()
                 else:
                     await order.hand_on()  # this worker hands the run on

@@ -195,14 +195,22 @@ class Reorder:
         line.emitting = True
         return True
 
-    async def hand_on(self, line: _Line | None = None) -> bool:
-        """Hand on after ``place`` returned True: ``line``'s runs of consecutive slots
-        (unordered: every slot left), those left meanwhile too. See ``deposit``."""
+    def take(self) -> tuple[list[Any], int] | None:
+        """After ``place`` returned True, the stage's first run to hand on (unordered:
+        every slot left), taken out of the buffer at once: a task that hands on later
+        (``hand_on(first=...)``) then finds the buffer as a task handing on at once would."""
+        return self._take(self._line) if self.ordered else self._take_loose()
+
+    async def hand_on(self, line: _Line | None = None,
+                      first: tuple[list[Any], int] | None = None) -> bool:
+        """Hand on after ``place`` returned True: ``first`` (a run from ``take``), then
+        ``line``'s runs of consecutive slots (unordered: every slot left), those left
+        meanwhile too. See ``deposit``."""
         if line is None:
             line = self._line
             if not self.ordered:
-                return await self._hand_on(self._take_loose, line)
-        return await self._hand_on(lambda: self._take(line), line)
+                return await self._hand_on(self._take_loose, line, first)
+        return await self._hand_on(lambda: self._take(line), line, first)
 
     def _take_loose(self) -> tuple[list[Any], int] | None:
         """Unordered: every slot left so far, as one run."""
@@ -213,9 +221,11 @@ class Reorder:
         self._head.waiting -= sum(map(len, slots)) if self.weigh else len(slots)
         return self._outputs(slots), len(slots)
 
-    async def _hand_on(self, take: Callable[[], tuple[list[Any], int] | None], line: _Line) -> bool:
+    async def _hand_on(self, take: Callable[[], tuple[list[Any], int] | None], line: _Line,
+                       first: tuple[list[Any], int] | None = None) -> bool:
+        run = first
         try:
-            while (run := take()) is not None:  # one run at a time, those left meanwhile too
+            while run is not None or (run := take()) is not None:  # one run at a time
                 outs, count = run
                 stop = self._stop
                 at = None if stop is None else next(
@@ -232,6 +242,7 @@ class Reorder:
                     self._done()
                 if at is not None:
                     return True
+                run = None  # then those left meanwhile
             return False
         finally:
             line.emitting = False
