@@ -410,6 +410,120 @@ async def test_close_receive_wakes_a_parked_block_put(autojump_clock: Any) -> No
     assert (edge.discarded, edge.total) == (2, 2)
 
 
+# -- producers waiting for room: first come, first served -------------------------------------
+
+
+async def test_waiting_producers_go_first_come_first_served(autojump_clock: Any) -> None:
+    # the edge is full; A waits to put 3 items, then B to put 1. Taking 2 items leaves room
+    # for B's chunk but not A's: B does not overtake A, and both go on, in line, once A fits
+    edge = Edge("e", 4)
+    await put_nowait(edge, [0, 1])
+    await put_nowait(edge, [2, 3])
+    done: list[str] = []
+
+    async def producer(name: str, chunk: list[Any]) -> None:
+        await edge.put(chunk)
+        done.append(name)
+
+    with trio.fail_after(DEADLOCK):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer, "A", ["a1", "a2", "a3"])
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(producer, "B", ["b1"])
+            await trio.testing.wait_all_tasks_blocked()
+            assert await edge.receive(2) == [0, 1]
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == [] and queued(edge) == [2, 3]  # B waits behind A
+            assert await edge.receive(2) == [2, 3]
+    # both went on in the same receive; their chunks are queued in line order (the two
+    # tasks then resume in whatever order Trio runs that batch)
+    assert sorted(done) == ["A", "B"]
+    assert queued(edge) == ["a1", "a2", "a3", "b1"]
+    assert (edge.total, edge.peak, edge.items) == (8, 4, 4)
+
+
+async def test_a_put_finding_producers_in_line_waits_behind_them(autojump_clock: Any) -> None:
+    edge = Edge("e", 3)
+    await put_nowait(edge, [0, 1, 2])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(edge.put, ["a"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert await edge.receive(1) == [0, 1, 2]  # "a" goes in, room for 2 more
+        assert queued(edge) == ["a"]
+        with trio.move_on_after(1):
+            await edge.put(["b"])  # room, and nobody in line: at once
+        assert queued(edge) == ["a", "b"]
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the steps of the tasks whose names start with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.startswith(self.prefix):
+            self.steps += 1
+
+
+async def test_taking_a_chunk_wakes_only_the_producers_that_can_go_on(autojump_clock: Any) -> None:
+    # 50 producers wait to put one item each into a full edge of capacity 1: each receive
+    # lets exactly one go on, and wakes no other (no herd of 50 wake-ups per receive)
+    edge = Edge("e", 1)
+    await put_nowait(edge, [-1])
+    steps = _Steps("producer")
+    got: list[Any] = []
+    with trio.fail_after(DEADLOCK):
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(edge.put, [i], name=f"producer-{i}")
+                await trio.testing.wait_all_tasks_blocked()  # in line in order 0, 1, ...
+            trio.lowlevel.add_instrument(steps)
+            try:
+                for expected in range(-1, 50):
+                    before = steps.steps
+                    got.extend(await edge.receive(1))
+                    await trio.testing.wait_all_tasks_blocked()
+                    # the producer let go on finishes in one step; nobody else ran
+                    assert steps.steps - before == (1 if expected < 49 else 0)
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+    assert got == list(range(-1, 50))
+
+
+async def test_a_cancelled_producer_leaves_the_line_and_those_behind_go_on(
+    autojump_clock: Any
+) -> None:
+    edge = Edge("e", 4)
+    await put_nowait(edge, [0, 1])
+    await put_nowait(edge, [2, 3])
+    done: list[str] = []
+    a_scope = trio.CancelScope()
+
+    async def put_a() -> None:
+        with a_scope:
+            await edge.put(["a1", "a2", "a3"])
+            done.append("A")
+
+    async def put_b() -> None:
+        await edge.put(["b1"])
+        done.append("B")
+
+    with trio.fail_after(DEADLOCK):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(put_a)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(put_b)  # in line behind A
+            await trio.testing.wait_all_tasks_blocked()
+            assert await edge.receive(2) == [0, 1]  # room for B's 1, not for A's 3
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == []  # B waits behind A
+            a_scope.cancel()  # A leaves the line: B fits and goes on
+    assert done == ["B"]
+    assert queued(edge) == [2, 3, "b1"] and edge.total == 5  # nothing of A's chunk
+
+
 @pytest.mark.parametrize("overflow", list(Overflow))
 async def test_close_send_by_all_producers_ends_the_stream_after_draining(overflow: Overflow) -> None:
     edge = Edge("e", 3, producers=2, overflow=overflow)
@@ -462,11 +576,16 @@ yield_cmd = st.tuples(st.just("yield"), st.just(0))
 
 
 def check_accounting(
-    edge: Edge, offered: list[int], delivered: list[int], *, in_flight: bool = False
+    edge: Edge, offered: list[int], delivered: list[int], *, in_flight: bool = False,
+    pending: list[int] | None = None,
 ) -> None:
     # (a) accepted + dropped == offered, and everything accepted is accounted for (a chunk
-    # may be in flight: receive counts it out before its checkpoint, the consumer sees it after)
-    assert edge.total + edge.dropped == len(offered)
+    # may be in flight: receive counts it out before its checkpoint, the consumer sees it after).
+    # ``pending``: the chunk of a BLOCK put under way, offered once it left the producers'
+    # line (the consumer's receive queues it, before the put returns)
+    in_line = any(p.chunk is pending for p in edge._putters)
+    accepted = len(offered) + (len(pending) if pending is not None and not in_line else 0)
+    assert edge.total + edge.dropped == accepted
     if in_flight:
         assert edge.total >= len(delivered) + edge.items + edge.discarded
     else:
@@ -568,6 +687,7 @@ def test_producer_and_consumer_tasks(
 ) -> None:
     """A producer task and a consumer task interleave freely (BLOCK puts park)."""
     offered: list[int] = []
+    under_way: list[list[int]] = []  # the chunk of a put under way (the list itself)
     delivered: list[int] = []
     refused = 0
     largest = max((n for op, n in puts if op == "put"), default=0)
@@ -587,11 +707,14 @@ def test_producer_and_consumer_tasks(
                     put = put_nowait(edge, chunk)  # must not yield: never waits, or has room
                 else:
                     put = edge.put(chunk)
+                under_way.append(chunk)
                 try:
                     await put
                 except EdgeOverflowError:
                     refused += 1
                     continue
+                finally:
+                    under_way.clear()
                 offered.extend(chunk)
                 check_accounting(edge, offered, delivered, in_flight=True)
                 check_bound(edge, overflow, capacity)
@@ -608,7 +731,8 @@ def test_producer_and_consumer_tasks(
                 return
             assert got
             delivered.extend(got)
-            check_accounting(edge, offered, delivered)
+            check_accounting(edge, offered, delivered,
+                             pending=under_way[0] if under_way else None)
             check_bound(edge, overflow, capacity)
         while (got := await edge.receive(5)) is not None:
             delivered.extend(got)
@@ -638,3 +762,65 @@ def test_producer_and_consumer_tasks(
         assert refused == 0
         if capacity is not None and overflow is not Overflow.KEEP_LATEST:
             assert edge.peak <= capacity
+
+
+@PROPS
+@given(
+    capacity=st.integers(1, 6),
+    producers=st.lists(st.lists(st.one_of(put_cmd, yield_cmd), max_size=8), min_size=2, max_size=4),
+    receives=st.lists(st.one_of(recv_cmd, yield_cmd), max_size=20),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_many_producers_are_served_in_the_order_they_put(
+    capacity: int, producers: list[list[tuple[str, int]]], receives: list[tuple[str, int]],
+    seed: int,
+) -> None:
+    """Several producer tasks put into one BLOCK edge while a consumer takes: the items
+    come out in exactly the order in which the ``put`` calls were made (a put that finds
+    others waiting waits behind them, and those let go on are queued in line order), none
+    is lost, and the bound holds."""
+    calls: list[int] = []  # the items of each put, in the order the calls began
+
+    async def producer(edge: Edge, p: int, script: list[tuple[str, int]]) -> None:
+        try:
+            for k, (op, arg) in enumerate(script):
+                if op == "yield":
+                    await trio.lowlevel.checkpoint()
+                    continue
+                chunk = [p * 1000 + k * 10 + j for j in range(arg)]
+                calls.extend(chunk)  # no checkpoint between this and the put's own start
+                await edge.put(chunk)
+                check_bound(edge, Overflow.BLOCK, capacity)
+        finally:
+            edge.close_send()
+
+    delivered: list[int] = []
+
+    async def consumer(edge: Edge) -> None:
+        for op, arg in receives:
+            if op == "yield":
+                await trio.lowlevel.checkpoint()
+                continue
+            got = await edge.receive(arg)
+            if got is None:
+                return
+            delivered.extend(got)
+            check_bound(edge, Overflow.BLOCK, capacity)
+        while (got := await edge.receive(5)) is not None:
+            delivered.extend(got)
+
+    async def main() -> Edge:
+        edge = Edge("p", capacity, producers=len(producers))
+        with trio.fail_after(DEADLOCK):
+            async with trio.open_nursery() as nursery:
+                for p, script in enumerate(producers):
+                    nursery.start_soon(producer, edge, p, script)
+                nursery.start_soon(consumer, edge)
+        return edge
+
+    # the order in which Trio runs a batch of tasks is random: vary it with the example
+    trio._core._run._r.seed(seed)  # type: ignore[attr-defined]
+    edge = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    note(f"calls={calls} delivered={delivered}")
+    assert delivered == calls
+    assert edge.items == 0 and edge.total == len(calls) and edge.dropped == 0

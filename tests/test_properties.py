@@ -747,6 +747,7 @@ class EdgeModel:
         self.cancelled: list[list[int]] = []  # puts that were cancelled while parked
         self.busy: dict[str, trio.CancelScope | None] = {}
         self.pending_put: dict[str, list[int]] = {}
+        self.pending_entry: dict[str, list[int]] = {}  # their entries in ``appended``
         self.closed_send: set[str] = set()
         self.ended = False
         self.ended_clean = False
@@ -757,20 +758,31 @@ class EdgeModel:
     async def put(self, who: str, chunk: list[int], scope: trio.CancelScope) -> None:
         self.largest = max(self.largest, len(chunk))
         self.pending_put[who] = chunk
+        # producers are served first come, first served: the queue order is the order in
+        # which the put calls began (a put that waits is queued when it is let go on, in
+        # line order, before it resumes); one that is cancelled or rejected leaves it
+        entry = list(chunk)
+        self.appended.append(entry)
+        self.pending_entry[who] = entry
         try:
             with scope:
                 try:
                     await self.edge.put(chunk)
                 except DownstreamClosed:
                     self.rejected.append(chunk)
-                else:
-                    # put appends and returns without a checkpoint: this is the queue order
-                    self.appended.append(list(chunk))
+                    self._unappend(entry)
             if scope.cancelled_caught:
                 self.cancelled.append(chunk)
+                self._unappend(entry)
         finally:
             del self.pending_put[who]
+            del self.pending_entry[who]
             self.busy[who] = None
+
+    def _unappend(self, entry: list[int]) -> None:
+        index = next(i for i, e in enumerate(self.appended) if e is entry)
+        assert index >= self.consumed, "a chunk that was received cannot be taken back"
+        del self.appended[index]
 
     async def receive(self, max_items: int, snapshot: list[list[int]], scope: trio.CancelScope) -> None:
         try:
@@ -810,22 +822,31 @@ class EdgeModel:
 
     def check(self) -> None:
         edge = self.edge
-        queued = [] if edge.receive_closed else self.appended[self.consumed :]
+        waiting = list(self.pending_entry.values())
+        in_line = [e for e in self.appended if any(e is w for w in waiting)]
+        admitted = [e for e in self.appended if not any(e is w for w in waiting)]
+        # the producers still waiting are the last to have called put (none overtook them)
+        assert self.appended[len(admitted):] == in_line and len(in_line) == len(waiting)
+        queued = [] if edge.receive_closed else admitted[self.consumed :]
         assert edge.items == sum(map(len, queued)), (edge.items, queued)
         assert edge.items <= max(self.capacity, self.largest)
         assert edge.peak <= max(self.capacity, self.largest)
-        assert edge.total == sum(map(len, self.appended))
-        for who, chunk in self.pending_put.items():
-            # a put is parked only when its chunk cannot go in (no lost wake-up)
-            assert not edge.receive_closed, who
-            assert edge.items != 0 and edge.items + len(chunk) > self.capacity, (who, chunk, edge.items)
+        assert edge.total == sum(map(len, admitted))
+        if in_line:
+            # producers wait only while the first in line cannot go in (no lost wake-up);
+            # the others wait behind it
+            assert not edge.receive_closed
+            first = in_line[0]
+            assert edge.items != 0 and edge.items + len(first) > self.capacity, (first, edge.items)
         if self.busy.get("C") is not None:
             # a receive is parked only when nothing is queued and the stream has not ended
             assert edge.items == 0 and not queued
             assert not edge.receive_closed and len(self.closed_send) < self.n_producers
 
     def queue_snapshot(self) -> list[list[int]]:
-        return [list(c) for c in self.appended[self.consumed :]]
+        """The chunks queued now (not those of producers still waiting in line)."""
+        waiting = list(self.pending_entry.values())
+        return [list(c) for c in self.appended[self.consumed :] if not any(c is w for w in waiting)]
 
 
 @st.composite
@@ -941,9 +962,12 @@ def test_edge_free_running_fifo(
         try:
             for i, chunk in enumerate(tagged[p]):
                 await trio.sleep(delays[(p + i) % len(delays)])
+                # the edge serves producers first come, first served: the chunks come out in
+                # the order the put calls began (recorded here, with no checkpoint before the
+                # put starts), whatever order the producers let go on together resume in
+                order.append(list(chunk))
                 # a put hands the chunk over (the edge may extend it in place when merging)
                 await edge.put(list(chunk))
-                order.append(list(chunk))
                 assert edge.items <= max(capacity, largest)
         finally:
             edge.close_send()

@@ -7,6 +7,13 @@ edge here carries *chunks* (lists of items) and is bounded in *items*:
 * ``put`` appends a chunk without yielding when there is room (a producer that is not
   blocked never pays a scheduler pass per item) and parks only when the edge is full and
   its policy is ``Overflow.BLOCK``. The edge owns a chunk once it is put.
+* Producers that wait for room wait in line, first come first served: a ``put`` that
+  finds others waiting waits behind them even if its chunk would fit, and each time the
+  consumer takes a chunk, the producers at the front of the line whose chunks now fit
+  are let go on, their chunks queued in line order. Only those are woken: a thousand
+  producers parked on one edge (a socket source's connections) cost one wake-up per
+  admitted chunk, not a thousand per received chunk (measured: 56% -> 95% of the
+  hand-written server at 1,000 connections, ``e2e_memory``).
 * ``receive`` takes everything already waiting, up to ``max_items``, in one go and
   always passes through exactly one checkpoint, so consumers stay cancellable and fair.
   It never waits to fill a chunk: latency is never traded for batching.
@@ -50,7 +57,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, final
 
-from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
+from outcome import Value
+from trio.lowlevel import (
+    Abort,
+    ParkingLot,
+    Task,
+    cancel_shielded_checkpoint,
+    checkpoint_if_cancelled,
+    current_task,
+    reschedule,
+    wait_task_rescheduled,
+)
 
 from ._overflow import EdgeOverflowError, Overflow
 
@@ -66,6 +83,19 @@ class DownstreamClosed(Exception):
 
 
 @final
+class _Putter:
+    """A producer waiting for room: its task, its chunk's size, and the chunk (``put``) or
+    ``None`` (``wait_for_room``)."""
+
+    __slots__ = ("chunk", "n", "task")
+
+    def __init__(self, task: Task, n: int, chunk: list[Any] | None) -> None:
+        self.task = task
+        self.n = n
+        self.chunk = chunk
+
+
+@final
 class Edge:
     """A bounded (or, by request, unbounded) queue of chunks with an overflow policy.
 
@@ -77,8 +107,8 @@ class Edge:
         "_chunks",
         "_limit",
         "_not_empty",
-        "_not_full",
         "_producers",
+        "_putters",
         "capacity",
         "demand",
         "discarded",
@@ -121,7 +151,8 @@ class Edge:
         self._producers = producers
         self.receive_closed = False
         self._not_empty = ParkingLot()
-        self._not_full = ParkingLot()
+        #: producers waiting for room on a full ``BLOCK`` edge, in arrival order (see `_admit`)
+        self._putters: deque[_Putter] = deque()
         #: called (synchronously) when the consumer closes: lets an idle producer, one
         #: waiting for its own input rather than in ``put``, learn it is no longer wanted
         self.on_receive_closed: list[Callable[[], None]] = []
@@ -145,24 +176,26 @@ class Edge:
     async def put(self, chunk: list[Any]) -> None:
         """Queue ``chunk`` (the edge owns it from now on) under the overflow policy.
 
-        Yields only while a ``BLOCK`` edge is full; the other policies never yield.
-        Raises ``DownstreamClosed`` once the receive side is closed, and
-        ``EdgeOverflowError`` when a ``FAIL`` edge cannot take the whole chunk. An empty
-        chunk is not queued. Cancelled while parked: nothing of the chunk was queued.
+        Yields only while a ``BLOCK`` edge is full, or other producers wait for room
+        (they go first: no overtaking); the other policies never yield. Raises
+        ``DownstreamClosed`` once the receive side is closed, and ``EdgeOverflowError``
+        when a ``FAIL`` edge cannot take the whole chunk. An empty chunk is not queued.
+        Cancelled while waiting: nothing of the chunk was queued.
         """
         if self.overflow is not _BLOCK:
             self._offer(chunk)
             return
-        while True:
-            if self.receive_closed:
-                raise DownstreamClosed
-            items = self.items
-            if items == 0 or items + len(chunk) <= self._limit:
-                break
-            await self._not_full.park()
+        if self.receive_closed:
+            raise DownstreamClosed
         n = len(chunk)
         if not n:
             return  # a queued [] would be received as a chunk with no item
+        items = self.items
+        if self._putters or (items and items + n > self._limit):
+            # behind the producers already waiting: `_admit` queues the chunk in its turn
+            if not await self._wait_turn(_Putter(current_task(), n, chunk)):
+                raise DownstreamClosed
+            return
         self._chunks.append(chunk)
         items += n
         self.items = items
@@ -176,13 +209,48 @@ class Edge:
         """Wait until a ``put`` of ``n`` items would not wait (a ``BLOCK`` edge that is
         full), or the receive side is closed (the ``put`` then raises). Nothing is queued;
         another producer may take the room first. Cancelled: nothing happened."""
-        if self.overflow is not _BLOCK:
+        if self.overflow is not _BLOCK or self.receive_closed:
             return
-        while not self.receive_closed:
+        items = self.items
+        if self._putters or (items and items + n > self._limit):
+            await self._wait_turn(_Putter(current_task(), n, None))
+
+    async def _wait_turn(self, putter: _Putter) -> bool:
+        """Wait behind the producers already waiting until ``_admit`` lets ``putter`` go
+        on (having queued its chunk, if it has one): True; or the receive side closed
+        meanwhile: False. Cancelled: removed from the line, nothing queued."""
+        self._putters.append(putter)
+
+        def abort(_: object) -> Abort:
+            self._putters.remove(putter)
+            self._admit()  # those behind it may fit now
+            return Abort.SUCCEEDED
+
+        return bool(await wait_task_rescheduled(abort))
+
+    def _admit(self) -> None:
+        """Let the waiting producers go on, first come first served, while their chunks
+        fit (the first one also when the edge is empty): a ``put``'s chunk is queued here,
+        in that order, and only the producers that go on are woken, never all of them."""
+        putters = self._putters
+        limit = self._limit
+        while putters:
+            first = putters[0]
             items = self.items
-            if items == 0 or items + n <= self._limit:
+            n = first.n
+            if items and items + n > limit:
                 return
-            await self._not_full.park()
+            putters.popleft()
+            if first.chunk is not None:
+                self._chunks.append(first.chunk)
+                items += n
+                self.items = items
+                self.total += n
+                if items > self.peak:
+                    self.peak = items
+                if self._not_empty:
+                    self._not_empty.unpark()
+            reschedule(first.task, Value(True))
 
     def _offer(self, chunk: list[Any]) -> None:
         """``put`` for the policies that never wait: apply the policy synchronously."""
@@ -270,8 +338,8 @@ class Edge:
                         chunk.extend(nxt)
                         n += len(nxt)
                 self.items -= n
-                if self._not_full:
-                    self._not_full.unpark_all()
+                if self._putters:
+                    self._admit()
                 for lot in self.watchers:
                     lot.unpark_all()
                 await cancel_shielded_checkpoint()
@@ -306,7 +374,8 @@ class Edge:
             self.discarded += self.items
             self._chunks.clear()
             self.items = 0
-            self._not_full.unpark_all()
+            while self._putters:
+                reschedule(self._putters.popleft().task, Value(False))
             self._not_empty.unpark_all()
             for lot in self.watchers:
                 lot.unpark_all()
