@@ -11,6 +11,7 @@ import contextlib
 import copy
 import os
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -603,6 +604,24 @@ def check_bound(edge: Edge, overflow: Overflow, capacity: int | None) -> None:
         assert overflow is Overflow.BLOCK and len(edge._chunks) == 1, (edge.items, capacity)
 
 
+async def consume_script(edge: Edge, receives: list[tuple[str, int]], delivered: list[int],
+                         check: Callable[[], None]) -> None:
+    """A consumer task's script (receives of at most ``arg`` items, yields), checking after
+    each receive; then it takes the rest until the stream ends."""
+    for op, arg in receives:
+        if op == "yield":
+            await trio.lowlevel.checkpoint()
+            continue
+        got = await edge.receive(arg)
+        if got is None:
+            return
+        assert got
+        delivered.extend(got)
+        check()
+    while (got := await edge.receive(5)) is not None:
+        delivered.extend(got)
+
+
 def is_subsequence(sub: list[int], seq: list[int]) -> bool:
     it = iter(seq)
     return all(x in it for x in sub)
@@ -722,20 +741,11 @@ def test_producer_and_consumer_tasks(
             edge.close_send()
 
     async def consumer(edge: Edge) -> None:
-        for op, arg in receives:
-            if op == "yield":
-                await trio.lowlevel.checkpoint()
-                continue
-            got = await edge.receive(arg)
-            if got is None:
-                return
-            assert got
-            delivered.extend(got)
-            check_accounting(edge, offered, delivered,
-                             pending=under_way[0] if under_way else None)
+        def check() -> None:
+            check_accounting(edge, offered, delivered, pending=under_way[0] if under_way else None)
             check_bound(edge, overflow, capacity)
-        while (got := await edge.receive(5)) is not None:
-            delivered.extend(got)
+
+        await consume_script(edge, receives, delivered, check)
 
     async def main() -> Edge:
         edge = Edge("p", capacity, overflow=overflow)
@@ -797,17 +807,8 @@ def test_many_producers_are_served_in_the_order_they_put(
     delivered: list[int] = []
 
     async def consumer(edge: Edge) -> None:
-        for op, arg in receives:
-            if op == "yield":
-                await trio.lowlevel.checkpoint()
-                continue
-            got = await edge.receive(arg)
-            if got is None:
-                return
-            delivered.extend(got)
-            check_bound(edge, Overflow.BLOCK, capacity)
-        while (got := await edge.receive(5)) is not None:
-            delivered.extend(got)
+        await consume_script(edge, receives, delivered,
+                             lambda: check_bound(edge, Overflow.BLOCK, capacity))
 
     async def main() -> Edge:
         edge = Edge("p", capacity, producers=len(producers))

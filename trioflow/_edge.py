@@ -196,8 +196,12 @@ class Edge:
             if not await self._wait_turn(_Putter(current_task(), n, chunk)):
                 raise DownstreamClosed
             return
+        self._queue(chunk, n)
+
+    def _queue(self, chunk: list[Any], n: int) -> None:
+        """Append a chunk of ``n`` items that fits (or goes into an empty edge)."""
         self._chunks.append(chunk)
-        items += n
+        items = self.items + n
         self.items = items
         self.total += n
         if items > self.peak:
@@ -242,14 +246,7 @@ class Edge:
                 return
             putters.popleft()
             if first.chunk is not None:
-                self._chunks.append(first.chunk)
-                items += n
-                self.items = items
-                self.total += n
-                if items > self.peak:
-                    self.peak = items
-                if self._not_empty:
-                    self._not_empty.unpark()
+                self._queue(first.chunk, n)
             reschedule(first.task, Value(True))
 
     def _offer(self, chunk: list[Any]) -> None:
