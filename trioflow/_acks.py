@@ -181,7 +181,7 @@ class Tracked:
 
     __slots__ = ("index", "ticket", "value")
 
-    def __init__(self, value: Any, ticket: Lot | Ticket | None, index: int = 0) -> None:
+    def __init__(self, value: Any, ticket: Lot | Ticket | None, index: int) -> None:
         self.value = value
         self.ticket = ticket
         self.index = index
@@ -241,7 +241,7 @@ def combine(items: list[Any]) -> Any:
     member's part when it settles."""
     members: list[tuple[Lot | Ticket, list[int]]] = []
     _runs(items, members)
-    return Tracked([t.value for t in items], Ticket(members) if members else None)
+    return Tracked([t.value for t in items], Ticket(members) if members else None, 0)
 
 
 @final
@@ -302,7 +302,7 @@ class TrackedBatcher:
 
     def _finish(self) -> Tracked:
         members = self.members
-        batch = Tracked(self.current, Ticket(members) if members else None)
+        batch = Tracked(self.current, Ticket(members) if members else None, 0)
         self.current, self.members = [], []
         return batch
 

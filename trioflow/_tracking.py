@@ -213,7 +213,7 @@ def track(spec: Any, name: str) -> Any:
         return evolve(spec, fn=_lift_key(spec.fn) if spec.kind is CallKind.SYNC
                       else _lift_async_pred(spec.fn))
     if isinstance(spec, s.ScanStage):
-        return evolve(spec, fn=_lift_scan(spec.fn, spec.kind), initial=Tracked(spec.initial, None),
+        return evolve(spec, fn=_lift_scan(spec.fn, spec.kind), initial=Tracked(spec.initial, None, 0),
                       key=_lift_key(spec.key), tracked=True)
     if isinstance(spec, s.PersistentStage):
         pfn = spec.fn

@@ -114,7 +114,7 @@ class IterableHead(Head):
             self.n_out += len(chunk)
             if self.tracked:  # each item is its own token, the chunk a lot
                 if ledger is None:
-                    await emit([Tracked(x, None) for x in chunk])
+                    await emit([Tracked(x, None, 0) for x in chunk])
                 else:
                     await _emit_lot(seg, Lot(ledger, chunk, len(chunk)), chunk)
             else:
@@ -277,8 +277,8 @@ async def _emit_lot(seg: Segment, lot: Lot, items: list[Any]) -> None:
 def _tracked(head: Head, item: Any, ack: object) -> Tracked:
     ledger = head.ledger
     if ack is _NO_ACK or ledger is None:
-        return Tracked(item, None)
-    return Tracked(item, Lot(ledger, [ack], 1))
+        return Tracked(item, None, 0)
+    return Tracked(item, Lot(ledger, [ack], 1), 0)
 
 
 @final
@@ -343,7 +343,7 @@ class Emit(Generic[T]):
             if not head.tracked:
                 await self._seg.emit(chunk)
             elif acks is None or ledger is None:
-                await self._seg.emit([Tracked(x, None) for x in chunk])
+                await self._seg.emit([Tracked(x, None, 0) for x in chunk])
             elif any(a is _NO_ACK for a in acks):  # one lot for the chunk, without the gaps
                 lot = Lot(ledger, acks, len(chunk))
                 await self._seg.emit([Tracked(x, None if a is _NO_ACK else lot, i)
