@@ -265,7 +265,8 @@ class Graph:
         """Interleave several inputs into one stream.
 
         * emits: items as they arrive from any input (order kept per input);
-        * backpressure: one shared bounded edge; every producer waits while it is full;
+        * backpressure: one shared bounded edge; every producer waits while it is full,
+          and waiting producers go on in the order they began to wait (none overtakes);
         * completes: when all inputs have completed;
         * cancelled: by the run; when the merge's consumer stops, every input stops;
         * on error: none of its own.
