@@ -18,8 +18,12 @@ with it (``docs/acknowledgements.md``), in batches.
 
 Per-entry cost. The reading thread does all the per-entry work of a reply: redis-py's own
 parsing of ``XREADGROUP``/``XAUTOCLAIM`` replies is replaced by ``_build``, which turns the
-flat reply into ``StreamEntry`` named tuples and their acknowledgement tokens, and checks
-the text (below), so the Trio thread only hands the lists on. Acknowledgements go in their
+flat reply into ``StreamEntry`` named tuples (in comprehensions when every entry of the
+read is new, present and text) and checks the text (below), so the Trio thread only hands
+the lists on. The acknowledgement bookkeeping is per read, not per entry: a read's entries
+are handed on as one lot whose token is the read's ids (``_Lot``; ``per_chunk``), and the
+settled entries of every lot go in one ``XACK`` command (a pipeline of several past
+``_ACK_CHUNK`` ids). Acknowledgements go in their
 own thread call as soon as they settle (sending them in the same pipeline as the next
 ``XREADGROUP`` was tried and measured: no CPU saved per entry, and two workers sharing a
 database were slower with it; ``docs/benchmarks.md``).
@@ -54,7 +58,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, final, overload
 import attrs
 import trio
 
-from .._acks import Ack
+from .._acks import Settled, per_chunk
 from .._errors import DefinitionTypeError, DefinitionValueError, TrioflowError
 from .._flow import Flow
 from .._operators import source
@@ -177,9 +181,8 @@ def _to_bytes(text: str) -> bytes:
 class _Read(NamedTuple):
     """One reply, built in the reading thread: what to emit and what to settle at once."""
 
-    #: entries to hand on, with their acknowledgement tokens and ids
+    #: entries to hand on, and their ids (entry ``i`` has id ``ids[i]``)
     entries: list[Any]
-    tokens: list[tuple[RedisConsumer, str]]
     ids: list[str]
     #: ids of pending entries deleted from the stream meanwhile
     gone: list[str]
@@ -187,7 +190,16 @@ class _Read(NamedTuple):
     undecodable: list[tuple[RawStreamEntry, UnicodeDecodeError]]
 
 
-_NO_READ = _Read([], [], [], [], [])
+_NO_READ = _Read([], [], [], [])
+
+
+@final
+class _Lot(NamedTuple):
+    """The acknowledgement token of the entries handed on together (one per read, not one
+    per entry): entry ``i`` of the lot has id ``ids[i]``."""
+
+    consumer: RedisConsumer
+    ids: list[str]
 
 
 @final
@@ -270,14 +282,18 @@ class RedisConsumer:
         (None: first deliveries)."""
         if not raw:
             return _NO_READ
+        decode = self.spec.decode
+        present = [e for e in raw if e is not None and e[0] is not None and e[1]]
+        # the whole read at once: text that is not all ASCII must encode (no escaped byte)
+        suspect = decode and _undecodable("".join(["".join(e[1]) for e in present]))
+        if counts is None and decode and not suspect and len(present) == len(raw):
+            # the common case (new entries, every one there and text): in comprehensions
+            return _Read([_new(StreamEntry, (entry_id, dict(zip(it := iter(flat), it, strict=True)), 1))
+                          for entry_id, flat in raw], [e[0] for e in raw], [], [])
         entries: list[Any] = []
-        tokens: list[tuple[RedisConsumer, str]] = []
         ids: list[str] = []
         gone: list[str] = []
         bad: list[tuple[RawStreamEntry, UnicodeDecodeError]] = []
-        decode = self.spec.decode
-        # the whole read at once: text that is not all ASCII must encode (no escaped byte)
-        suspect = decode and _undecodable("".join(["".join(e[1]) for e in raw if e is not None and e[1]]))
         for e in raw:
             if e is None or e[0] is None:  # (Redis 6.2's XAUTOCLAIM: deleted, without its id)
                 continue
@@ -295,9 +311,8 @@ class RedisConsumer:
             else:
                 it = iter([_to_bytes(x) for x in flat])
                 entries.append(_new(RawStreamEntry, (entry_id, dict(zip(it, it, strict=True)), n)))
-            tokens.append((self, entry_id))
             ids.append(entry_id)
-        return _Read(entries, tokens, ids, gone, bad)
+        return _Read(entries, ids, gone, bad)
 
     def _undecodable(self, entry_id: str, flat: list[str], n: int
                      ) -> tuple[RawStreamEntry, UnicodeDecodeError]:
@@ -315,6 +330,9 @@ class RedisConsumer:
 
     def _xack(self, ids: Sequence[str]) -> None:
         spec = self.spec
+        if len(ids) <= _ACK_CHUNK:  # one command (a pipeline costs more on the client)
+            self._client.execute_command("XACK", spec.stream, spec.group, *ids)
+            return
         pipe = self._client.pipeline(transaction=False)
         for i in range(0, len(ids), _ACK_CHUNK):
             pipe.xack(spec.stream, spec.group, *ids[i:i + _ACK_CHUNK])
@@ -337,7 +355,7 @@ class RedisConsumer:
         re-read or claimed ones ("reread", "claimed"), which may be held already or
         delivered too often. Deleted, undecodable and poison entries are acknowledged
         instead (the last two after their letter is written)."""
-        entries, tokens, ids = read.entries, read.tokens, read.ids
+        entries, ids = read.entries, read.ids
         done = list(read.gone)
         self._deleted += len(done)
         spec = self.spec
@@ -368,7 +386,6 @@ class RedisConsumer:
                 keep.append(k)
             if len(keep) < len(entries):
                 entries = [entries[k] for k in keep]
-                tokens = [tokens[k] for k in keep]
                 ids = [ids[k] for k in keep]
         if done:
             await self.ack(done)
@@ -381,7 +398,7 @@ class RedisConsumer:
                 self._reread += len(entries)
             else:
                 self._claimed += len(entries)
-            await emit.many(entries, acks=tokens)
+            await emit._many_lot(entries, _Lot(self, ids))
 
     async def run(self, emit: Emit[Any], task_status: trio.TaskStatus[None]) -> None:
         spec = self.spec
@@ -428,11 +445,20 @@ class RedisConsumer:
                     break
 
 
-def _settle(acks: list[Ack]) -> object:
-    """The source's acknowledgement callback: XACK every settled entry (handled or
-    rejected downstream: either way the run is done with it). The acknowledgements of one
-    call come from one run's ledger, so they share its ``RedisConsumer``."""
-    return acks[0].token[0].ack([ack.token[1] for ack in acks])
+@per_chunk
+def _settle(lots: list[Settled]) -> object:
+    """The source's acknowledgement callback, per read: XACK every settled entry (handled
+    or rejected downstream: either way the run is done with it). The lots of one call come
+    from one run's ledger, so they share its ``RedisConsumer``."""
+    ids: list[str] = []
+    for token, indices, _errors in lots:
+        lot: _Lot = token
+        if len(indices) == len(lot.ids):  # the whole read at once (in any order): its ids
+            ids += lot.ids
+        else:
+            lot_ids = lot.ids
+            ids += [lot_ids[i] for i in indices]
+    return lots[0].token.consumer.ack(ids)
 
 
 @final
@@ -566,7 +592,9 @@ def redis_source(
         claim_min_idle=claim_min_idle, max_deliveries=max_deliveries, dead_letters=dead_letters,
         decode=decode, on_start=on_start, name=name,
     )
-    return source(spec.serve, name=name or op, on_ack=_settle)
+    # (``_settle`` takes them per read: a list of ``Settled``, see ``per_chunk``)
+    settle: Any = _settle
+    return source(spec.serve, name=name or op, on_ack=settle)
 
 
 # ------------------------------------------------------------------------------- the writer
