@@ -316,6 +316,18 @@ def test_session_bridged_by_an_item_merges() -> None:
     assert w.advance(13) == [WindowResult(None, 0, 13, 7)]
 
 
+def test_a_late_item_bridging_two_fired_sessions_updates_the_merged_session() -> None:
+    # both sessions fired; a late item within the lateness bridges them: one update, for the
+    # merged session, whose [start, end) holds both earlier results (docs/time.md)
+    w = make_windows(Session(2), key=None, timestamp=ts_of, aggregate=SUM, lateness=10)
+    w.add([(0, "a", 1), (3, "a", 2)])
+    assert w.advance(10) == [WindowResult(None, 0, 2, 1), WindowResult(None, 3, 5, 2)]
+    fired, late = w.add([(1.8, "a", 4)])  # [1.8, 3.8) overlaps [0, 2) and [3, 5)
+    assert fired == [WindowResult(None, 0, 5, 7, update=True)] and late == []
+    assert w.open == 1
+    assert w.advance(15) == [] and w.open == 0  # dropped at end + lateness
+
+
 def test_processing_time_timestamps_are_given() -> None:
     w = make_windows(Tumbling(2), key=None, timestamp=None, aggregate=CollectAll())
     w.add(["x", "y"], ts=1.5)
