@@ -14,6 +14,11 @@ Ctrl-C: the terminal sends SIGINT to dev.py and to the command it runs (they sha
 process group). dev.py lets the command finish its own shutdown (the demo drains and
 prints its statistics), then exits quietly with the command's exit code if that is
 non-zero (it says more: nox's 130, a failure) and with 130 otherwise.
+
+SIGTERM (a CI runner giving up, ``kill``) reaches dev.py alone: dev.py passes it on to
+the command as SIGINT, the signal nox turns into stopping its own session command (nox
+does not handle SIGTERM: it would die and leave that command running), waits for the
+command, and exits with 143.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ VENV = ROOT / ".venv-dev"
 PYTHON = VENV / "bin" / "python"
 #: Exit code after Ctrl-C: 128 + SIGINT, as a shell reports it.
 EXIT_INTERRUPTED = 128 + signal.SIGINT
+#: Exit code after SIGTERM: 128 + SIGTERM.
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 def run(cmd: list[str], cwd: Path | None = None) -> int:
@@ -37,21 +44,37 @@ def run(cmd: list[str], cwd: Path | None = None) -> int:
 
     A Ctrl-C reaches the child as well (one process group), so while the child runs, SIGINT
     here only notes that it came: the child decides how to stop, and is waited for. After a
-    Ctrl-C the result is the child's code if non-zero, else ``EXIT_INTERRUPTED``.
+    Ctrl-C the result is the child's code if non-zero, else ``EXIT_INTERRUPTED``. A SIGTERM
+    sent to this process alone is passed on to the child as SIGINT, and the result is
+    ``EXIT_TERMINATED`` once the child has ended.
     """
-    interrupted = False
+    interrupted = terminated = False
+    proc: subprocess.Popen[bytes] | None = None
 
     def note(signum: int, frame: FrameType | None) -> None:
         nonlocal interrupted
         interrupted = True
 
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        nonlocal terminated
+        terminated = True
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+
     previous = signal.signal(signal.SIGINT, note)
+    previous_term = signal.signal(signal.SIGTERM, terminate)
     try:
-        code = subprocess.run(cmd, cwd=cwd).returncode
+        proc = subprocess.Popen(cmd, cwd=cwd)
+        if terminated:  # SIGTERM came while the child was being started
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
     if code < 0:
         code = 128 - code
+    if terminated:
+        return EXIT_TERMINATED
     if interrupted and code == 0:
         return EXIT_INTERRUPTED
     return code

@@ -225,6 +225,48 @@ def test_dev_py_ctrl_c_of_a_child_killed_by_sigint_exits_130() -> None:
     assert err == ""
 
 
+#: A command that runs a command of its own and stops it on Ctrl-C, as nox does (nox turns
+#: SIGINT into stopping its session's command, and has no handler for SIGTERM).
+NOX_LIKE_CHILD = textwrap.dedent("""
+    import subprocess, sys
+    g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                         stdout=subprocess.DEVNULL)
+    try:
+        print("child: running", g.pid, flush=True)
+        g.wait()
+    except KeyboardInterrupt:
+        g.terminate()
+        g.wait()
+        print("child: stopped its command", flush=True)
+        sys.exit(130)
+""")
+
+
+@pytest.mark.parametrize("child", [DRAINING_CHILD, PLAIN_CHILD], ids=["draining", "plain"])
+def test_dev_py_sigterm_stops_the_child_and_exits_143(child: str) -> None:
+    # SIGTERM to dev.py alone (a CI runner, `kill`): the child gets SIGINT and is waited for
+    proc = Child(dev_running([sys.executable, "-c", child, "0"]), new_session=True)
+    proc.wait_for_line("child: running")
+    proc.proc.send_signal(signal.SIGTERM)
+    code, lines, err = proc.finish()
+    assert code == 143, "\n".join(lines) + err
+    assert lines[-1] == "dev: exit code 143"
+    if child is DRAINING_CHILD:
+        assert lines[-3:-1] == ["child: draining", "child: done"]  # its own shutdown ran
+    assert err == ""
+
+
+def test_dev_py_sigterm_leaves_no_process_behind() -> None:
+    proc = Child(dev_running([sys.executable, "-c", NOX_LIKE_CHILD]), new_session=True)
+    grandchild = int(proc.wait_for_line("child: running").split()[-1])
+    proc.proc.send_signal(signal.SIGTERM)
+    code, lines, err = proc.finish()
+    assert code == 143, "\n".join(lines) + err
+    assert lines[-2:] == ["child: stopped its command", "dev: exit code 143"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(grandchild, 0)  # stopped and reaped by the child: gone
+
+
 def test_dev_py_without_ctrl_c_passes_the_childs_code_through() -> None:
     proc = Child(dev_running([sys.executable, "-c", "import sys; sys.exit(7)"]))
     code, lines, err = proc.finish()
