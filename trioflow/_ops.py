@@ -156,14 +156,17 @@ class EachOp(Op):
         out: Chunk = []
         extend = out.extend
         fn = self.each()
-        x = r = None
+        x = None
+        # the last result; if ``fn`` raises, ``r`` is the one before, which was iterable
+        # (or this empty tuple): so a result that is not iterable is told apart from an
+        # error of ``fn`` without any per-item work beyond naming the result
+        r: Any = ()
         try:
             for x in chunk:
-                r = _UNSET
                 r = fn(x)
                 extend(r)
         except Exception as exc:
-            if isinstance(exc, TypeError) and r is not _UNSET and not hasattr(r, "__iter__"):
+            if isinstance(exc, TypeError) and not hasattr(r, "__iter__"):
                 err = not_iterable(r)  # the function returned, `extend` failed
                 self._failed(err, x)
                 raise err from exc
@@ -173,8 +176,6 @@ class EachOp(Op):
         self.n_out += len(out)
         return out
 
-
-_UNSET = object()
 
 
 def not_iterable(result: object) -> TypeError:

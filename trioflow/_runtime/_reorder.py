@@ -13,9 +13,14 @@ Theory of operation.
 * Ordered: a finished slot waits in the buffer until every earlier one has been handed
   on; the task that deposits the next slot in line hands on the whole run of consecutive
   slots, one ``emit`` per run, and goes on with the runs deposited meanwhile (the
-  others only leave their slot and return: ``emitting``). Unordered: each slot is handed
-  on by its own task at once. Handing on is ``emit`` (the segment's, given at ``start``),
-  counted in the head's ``n_out``.
+  others only leave their slot and return: ``emitting``). Unordered: a slot is handed on
+  at once by its own task, or, if another task is handing on, with the next run that
+  task takes (the slots left meanwhile go together). Handing on is ``emit`` (the
+  segment's, given at ``start``), counted in the head's ``n_out``.
+* ``deposit`` is ``place`` (synchronous: leave the slot; True when this task is the one to
+  hand on) and ``hand_on``. A head may split them: the pool's workers ``place``, take the
+  first run out of the buffer (``take``) and leave it to the pool's hand-on task
+  (``hand_on(first=run)``), so a worker never emits between two calls.
 * Per key (unordered, ``per_key > 1``): the same rule within each key, by key-local
   numbers (``number_in_key`` at admission, ``deposit_in_key``).
 * A run counts against the window until its ``emit`` returned (or failed): while the
