@@ -17,6 +17,8 @@ from typing import Any
 import psutil
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from io_cases import SOCKET_COLUMNS, SOCKET_LETTERS, SOCKET_LINES, parse_socket_line, socket_letter_row
 
 import trioflow as tf
@@ -86,6 +88,73 @@ async def test_large_batches(tmp_path: Path) -> None:
     assert [len(b) for b in out] == [100_000, 100_000]
     assert rows_of(db, "SELECT count(*), sum(id), max(value) FROM readings") == [
         (200_000, sum(range(200_000)), 199_999 * 0.5)]
+
+
+def _connection(path: Path, key: str | None) -> Any:
+    """A writer's connection (its thread-side half), opened and set up, called directly."""
+    from trioflow.io._sqlite import _SqliteConnection
+    from trioflow.io._table import Table
+
+    table = Table.build("write_sqlite", "readings", COLS, key, True)
+    conn = _SqliteConnection(str(path), table, wal=True, synchronous="NORMAL", lock_timeout=None)
+    conn.open()
+    assert conn.setup()
+    return conn
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=st.lists(st.lists(st.tuples(st.integers(0, 40), st.sampled_from("abc")), max_size=70),
+                        max_size=4),
+       max_rows=st.sampled_from([1, 2, 4, 16, 1024]), key=st.sampled_from([None, "id"]))
+def test_rows_go_in_as_executemany_would_put_them(tmp_path_factory: pytest.TempPathFactory,
+                                                 batches: list[list[tuple[int, str]]], max_rows: int,
+                                                 key: str | None) -> None:
+    """Whatever the batch sizes (statements of 2**k rows, and the last of each size reused
+    from the cache), the table ends as the rows applied one by one would leave it: in
+    order, a key repeated within a batch or across batches ends with its last values."""
+    path = tmp_path_factory.mktemp("multi") / "a.db"
+    conn = _connection(path, key)
+    conn.max_rows = max_rows
+    try:
+        reference: dict[int, tuple[int, str, float]] | list[tuple[int, str, float]] = {} if key else []
+        for batch in batches:
+            rows = [(i, s, i / 4) for i, s in batch]
+            assert conn.write(rows)
+            for row in rows:
+                if isinstance(reference, dict):
+                    reference[row[0]] = row
+                else:
+                    reference.append(row)
+        expected = sorted(reference.values()) if isinstance(reference, dict) else reference
+        sql = "SELECT id, sensor, value FROM readings ORDER BY " + ("id" if key else "rowid")
+        assert rows_of(path, sql) == expected
+        assert set(conn._multi) <= {1 << k for k in range(1, 11)}  # powers of two only
+    finally:
+        conn.close()
+
+
+def test_statement_size_stays_within_the_connections_limits() -> None:
+    from trioflow.io._sqlite import _max_rows
+
+    assert _max_rows(3, 250_000, 1_000_000) == 1024  # capped
+    assert _max_rows(3, 999, 1_000_000) == 256  # 999 parameters: 333 rows, down to a power of two
+    assert _max_rows(40, 999, 1_000_000) == 16  # 24 rows of 40 values
+    assert _max_rows(3, 32766, 300) == 32  # text: 8 characters a row
+    assert _max_rows(2000, 999, 1_000_000) == 1  # wider than the limit: row by row
+
+
+def test_a_value_that_cannot_be_bound_names_its_row_and_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    conn = _connection(path, "id")
+    try:
+        rows: list[Any] = [(i, "s", i / 2) for i in range(300)]
+        rows[200] = (200, {"not": "bindable"}, 1.0)
+        with pytest.raises(sqlite3.ProgrammingError, match=r"parameter 2\b"):  # of row 200, not 602
+            conn.write(rows)
+        assert not conn.conn.in_transaction
+    finally:
+        conn.close()
+    assert rows_of(path) == []
 
 
 async def test_types_round_trip(tmp_path: Path) -> None:

@@ -120,9 +120,11 @@ class Table:
         sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in rest)
         return f"ON CONFLICT ({keys}) DO UPDATE SET {sets}"
 
-    def insert_sql(self, placeholder: str) -> str:
-        values = ", ".join([placeholder] * len(self.columns))
-        sql = f"INSERT INTO {self.qname} ({self.column_list}) VALUES ({values})"
+    def insert_sql(self, placeholder: str, rows: int = 1) -> str:
+        """``INSERT`` of ``rows`` rows (a multi-row ``VALUES``), with the upsert clause when
+        the table has a key."""
+        row = "(" + ",".join([placeholder] * len(self.columns)) + ")"
+        sql = f"INSERT INTO {self.qname} ({self.column_list}) VALUES {','.join([row] * rows)}"
         return f"{sql} {self.conflict_clause()}" if self.key else sql
 
     def row_converter(self) -> Callable[[Sequence[Row]], Sequence[Sequence[Any]]]:
