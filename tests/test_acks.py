@@ -437,6 +437,117 @@ async def test_resources_instances_blocks_and_folds_carry_acknowledgements() -> 
     assert sorted(a.token for a in acked) == list(range(6)) and all(a.ok for a in acked)
 
 
+BRANCHES = ["map", "map_batch", "batch", "filter", "map_filter", "pooled", "merge"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 9), max_size=8),
+    pre=st.integers(0, 2),
+    keys=st.integers(1, 4),
+    default=st.booleans(),
+    branches=st.lists(st.sampled_from(BRANCHES), min_size=4, max_size=4),
+    timeout=st.sampled_from([None, 0.001, 0.3]),
+    chunk_size=st.integers(1, 8),
+    buffer=st.integers(1, 6),
+    ending=st.sampled_from(["complete", "complete", "fail", "cancel"]),
+    at=st.floats(0, 1),
+    fail_on=st.integers(0, 39),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_chunks_through_maps_and_a_route_are_acknowledged_once_and_only_when_done(
+    sizes: list[int], pre: int, keys: int, default: bool, branches: list[str], timeout: float | None,
+    chunk_size: int, buffer: int, ending: str, at: float, fail_on: int, seed: int,
+) -> None:
+    """A source's chunks go through fused maps and a route as their values beside their lot
+    (split per branch, or whole when every key is the same), on to batches, filters, pools
+    and merges (which take ``Tracked`` items): the same guarantees, and every value
+    reaches the branch of its key."""
+    trio._core._run._r.seed(seed)
+    n = sum(sizes)
+    acked: list[tf.Ack] = []
+    committed: Counter[tuple[int, int]] = Counter()
+    dropped: set[int] = set()
+
+    async def chunks(emit: tf.Emit[int]) -> None:
+        i = 0
+        for k in sizes:
+            await emit.many(list(range(i, i + k)), acks=list(range(i, i + k)))
+            i += k
+            await trio.sleep(0.05)
+
+    def check(x: int) -> int:
+        if ending == "fail" and x == fail_on:
+            raise KeyError(x)
+        return x
+
+    def keep(x: int) -> bool:
+        if x % 3 == 0:
+            dropped.add(x)
+            return False
+        return True
+
+    async def slow(x: int) -> int:
+        await trio.sleep((x * seed) % 3 / 10)
+        return x
+
+    g = tf.Graph()
+    node = g.add(tf.source(chunks, on_ack=acked.extend))
+    for _ in range(pre):
+        node = g.add(tf.map(lambda x: x), node)
+    r = g.route(node, key=lambda x: x % (keys + 1 if default else keys))
+    ports = [r[k] for k in range(keys)] + ([r.default] if default else [])
+    merged = []
+    for b, port in enumerate(ports):
+        kind = branches[b % len(branches)]
+
+        def commit(x: int, b: int = b) -> None:
+            committed[(b, x)] += 1
+
+        def commit_batch(xs: list[int], b: int = b) -> None:
+            for x in xs:
+                committed[(b, x)] += 1
+
+        if kind == "merge":
+            merged.append((b, g.add(tf.map(check), port)))
+            continue
+        if kind in ("map", "map_batch", "map_filter"):
+            port = g.add(tf.map(check), port)
+        if kind in ("filter", "map_filter"):
+            port = g.add(tf.filter(keep), port)
+        if kind == "pooled":
+            port = g.add(tf.map(slow, concurrency=2, ordered=False), port)
+        if kind in ("map_batch", "batch"):
+            g.add(tf.sink(commit_batch), g.add(tf.batch(3, timeout=timeout), port))
+        else:
+            g.add(tf.sink(commit), port)
+    if merged:
+        def commit_merged(x: int) -> None:
+            committed[(-1, x)] += 1
+
+        g.add(tf.sink(commit_merged), g.merge(*(node for _, node in merged)))
+    branch_of = {b: (-1 if branches[b % len(branches)] == "merge" else b) for b in range(len(ports))}
+
+    def expected_branch(x: int) -> int:
+        k = x % (keys + 1 if default else keys)
+        return branch_of[k if k < keys else keys]
+
+    outcome = run_to_ending(g, ending, at, chunk_size, buffer)
+    tokens = [a.token for a in acked]
+    assert len(tokens) == len(set(tokens)), "a token was acknowledged twice"
+    assert all(a.ok for a in acked)
+    for (b, x), count in committed.items():  # each value on its key's branch, once
+        assert count == 1 and b == expected_branch(x), (b, x, count)
+    for x in tokens:  # acknowledged only when done: committed, or dropped by a filter
+        assert committed[(expected_branch(x), x)] == 1 or x in dropped, x
+    if outcome == "completed":
+        assert sorted(tokens) == list(range(n))
+        assert set(committed) | {(expected_branch(x), x) for x in dropped} == {
+            (expected_branch(x), x) for x in range(n)}
+    elif outcome == "failed":
+        assert fail_on not in tokens
+
+
 async def test_route_and_balance_deliver_each_item_once_and_acknowledge_it() -> None:
     acked: list[tf.Ack] = []
     g = tf.Graph()

@@ -41,6 +41,7 @@ processes, a cluster) are refused in a run that tracks acknowledgements.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, TypeVar, final
 
@@ -246,16 +247,31 @@ def combine(items: list[Any]) -> Any:
 
 @final
 class LotChunk(list[Any]):
-    """A source's chunk handed on whole to a tracked batch: the plain values, their lot
-    beside them (item ``i`` is index ``i`` of ``lot``), so no item is wrapped in a
-    ``Tracked``. Only a ``TrackedBatcher`` takes one (planning sees to it), and an edge
-    never merges one with another chunk."""
+    """Items of one lot travelling whole: the plain values, their lot beside them, and the
+    items' indices in the lot (``None``: value ``i`` is item ``i``), so no item is wrapped
+    in a ``Tracked``. A source hands one on; a fused ``map`` (``MapOp``) gives its results
+    the same lot and indices, a ``route`` splits one into one per branch, a tracked
+    ``batch`` takes it in. Any other stage gets ``tracked()`` instead (``Segment.emit``
+    and planning see to it: an edge carries one only when its consumer ``takes_lots``),
+    and an edge never merges one with another chunk."""
 
-    __slots__ = ("lot",)
+    __slots__ = ("indices", "lot")
 
-    def __init__(self, values: list[Any], lot: Lot) -> None:
+    def __init__(self, values: list[Any], lot: Lot, indices: list[int] | None = None) -> None:
         super().__init__(values)
         self.lot = lot
+        self.indices = indices
+
+    def tracked(self) -> list[Tracked]:
+        """The items as ``Tracked`` (for a stage that takes them one by one)."""
+        n = len(self)
+        indices = range(n) if self.indices is None else self.indices
+        return list(map(Tracked, self, itertools.repeat(self.lot, n), indices))
+
+    def like(self, values: list[Any]) -> LotChunk:
+        """``values`` (one per item of this chunk, in order) beside the same lot and
+        indices."""
+        return LotChunk(values, self.lot, self.indices)
 
 
 class TrackedBatcher:
@@ -276,12 +292,12 @@ class TrackedBatcher:
         size = self.size
         full: list[Any] = []
         pos, n = 0, len(chunk)
-        if type(chunk) is LotChunk:  # plain values: the members are a range of the lot
-            lot, members = chunk.lot, self.members
+        if type(chunk) is LotChunk:  # plain values: the members are indices of one lot
+            lot, members, indices = chunk.lot, self.members, chunk.indices
             while pos < n:
                 end = min(n, pos + size - len(self.current))
                 self.current += chunk[pos:end]
-                members.append((lot, list(range(pos, end))))
+                members.append((lot, list(range(pos, end)) if indices is None else indices[pos:end]))
                 pos = end
                 if len(self.current) == size:
                     full.append(self._finish())
@@ -305,6 +321,12 @@ class TrackedBatcher:
         batch = Tracked(self.current, Ticket(members) if members else None, 0)
         self.current, self.members = [], []
         return batch
+
+
+def plain_of(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """The plain function a synchronous map or a key was lifted from (``None``: ``fn`` is
+    not such a lift): what a stage applies to the values of a ``LotChunk``."""
+    return getattr(fn, "trioflow_plain", None)
 
 
 def unwrap(item: Any) -> Any:

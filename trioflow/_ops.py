@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._acks import Tracked, TrackedBatcher, settle, unwrap
+from ._acks import LotChunk, Tracked, TrackedBatcher, plain_of, settle, unwrap
 from ._errors import annotate
 from ._policies import Guard
 from ._stage import DROPPED
@@ -45,6 +45,12 @@ class Op:
         self.guard: Guard | None = None
         #: items are ``(seq, value)`` envelopes of a fork_join/partition branch
         self.envelope = False
+
+    @property
+    def takes_lots(self) -> bool:
+        """Whether ``process`` takes a ``LotChunk`` (see ``_acks``); an op that does not
+        gets the chunk's ``tracked()`` items (``Segment.emit``)."""
+        return False
 
     def process(self, chunk: Chunk) -> Chunk:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -91,24 +97,33 @@ class Op:
 
 
 class MapOp(Op):
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "plain")
 
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
         super().__init__(name, "map")
         self.fn = fn
+        #: the user's function, when ``fn`` is its lift to tracked items
+        self.plain = plain_of(fn)
+
+    @property
+    def takes_lots(self) -> bool:
+        """A lifted map without an error policy maps a ``LotChunk``'s values as they are
+        (under a policy, a failed item is settled on its own: it needs its ``Tracked``)."""
+        return self.plain is not None and self.guard is None
 
     def process(self, chunk: Chunk) -> Chunk:
         if self.guard is not None:
             return self.process_guarded(chunk)
         out: Chunk = []
+        lots = type(chunk) is LotChunk
         try:
-            out.extend(map(self.fn, chunk))
+            out.extend(map(self.plain if lots else self.fn, chunk))  # type: ignore[arg-type]
         except Exception as exc:
             self._failed(exc, chunk[len(out)])
             raise
         self.n_in += len(chunk)
         self.n_out += len(out)
-        return out
+        return chunk.like(out) if lots else out  # type: ignore[attr-defined]
 
     def apply_one(self, item: Any) -> Chunk:
         return [self.fn(item)]
@@ -592,6 +607,10 @@ class Batcher:
 
 class BatchOp(Op):
     __slots__ = ("batcher", "tracked")
+
+    @property
+    def takes_lots(self) -> bool:
+        return self.tracked
 
     def __init__(self, name: str, size: int, tracked: bool = False) -> None:
         super().__init__(name, "batch")

@@ -37,6 +37,7 @@ def _lift_value(fn: Callable[..., Any], kind: CallKind) -> Callable[..., Any]:
         t.value = fn(t.value)
         return t
 
+    lifted_sync.trioflow_plain = fn  # type: ignore[attr-defined]  # for a ``LotChunk``: ``_acks.plain_of``
     return lifted_sync
 
 
@@ -47,6 +48,7 @@ def _lift_key(key: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
     def lifted(t: Tracked) -> Any:
         return key(t.value)
 
+    lifted.trioflow_plain = key  # type: ignore[attr-defined]
     return lifted
 
 

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 import trio
 
-from .._acks import Tracked
+from .._acks import LotChunk, Tracked, plain_of
 from .._edge import DownstreamClosed, Edge
 from .._errors import UnroutableError, annotate
 from .._plan import DEFAULT, PlanNode, RoutePort
@@ -22,6 +22,9 @@ from .._stage import (
 class Router:
     """The output of a segment that ends in a fan-out junction: decides, per chunk, which
     edges get which items. Shares ``put``/``close_send`` with ``Edge``."""
+
+    #: takes a ``LotChunk`` as it is (see ``Output``)
+    takes_lots = False
 
     def __init__(self, node: PlanNode, edges: list[Edge]) -> None:
         self.node = node
@@ -152,6 +155,9 @@ class RouteRouter(Router):
         spec = node.spec
         assert isinstance(spec, RouteSpec)
         self.key = spec.key
+        #: the user's key, when ``key`` is its lift to tracked items (``LotChunk`` input)
+        self.plain_key = plain_of(spec.key)
+        self.takes_lots = self.plain_key is not None
         self.by_key: dict[Any, Edge] = {}
         self.default: Edge | None = None
         for port, edge in zip(ports, edges, strict=True):
@@ -161,40 +167,85 @@ class RouteRouter(Router):
                 assert isinstance(port, RoutePort)
                 self.by_key[port.key] = edge
 
-    def _unroutable(self, key: object) -> NoReturn:
-        raise UnroutableError(
+    def _unroutable(self, key: object) -> UnroutableError:
+        return UnroutableError(
             f"route {self.node.name!r}: no branch for key {key!r} and no default branch"
         )
 
     async def _route(self, chunk: list[Any]) -> None:
-        self.n_in += len(chunk)
-        parts: dict[int, tuple[Edge, list[Any]]] = {}
-        key = self.key
-        by_key = self.by_key
-        item = None
+        n = len(chunk)
+        if not n:
+            return
+        self.n_in += n
+        lots = type(chunk) is LotChunk
+        keys: list[Any] = []
         try:
-            for item in chunk:
-                edge = by_key.get(key(item), self.default)
-                if edge is None:
-                    self._unroutable(key(item))
-                slot = parts.get(id(edge))
-                if slot is None:
-                    parts[id(edge)] = (edge, [item])
-                else:
-                    slot[1].append(item)
+            # keys in C's loop (``extend`` keeps what came before a failure: the culprit's index)
+            keys.extend(map(self.plain_key if lots else self.key, chunk))  # type: ignore[arg-type]
         except Exception as exc:
-            self.errors += 1
-            annotate(exc, self.node.name, item)
-            raise
-        for edge, items in parts.values():
-            if edge.receive_closed:
-                self._dead(edge)
-                continue
+            self._failed(exc, chunk[len(keys)])
+        first = keys[0]
+        try:
+            # one branch for the whole chunk (the common case)
+            edge = self.by_key.get(first, self.default) if keys.count(first) == n else _SPLIT
+        except Exception as exc:  # an unhashable key, or one that cannot be compared
+            self._failed(exc, chunk[0])
+        if edge is not _SPLIT:
+            if edge is None:
+                self._failed(self._unroutable(first), chunk[0])
+            await self._put(edge, chunk)
+            return
+        parts = self._split(chunk, keys)
+        if lots:
+            lot, indices = chunk.lot, chunk.indices  # type: ignore[attr-defined]
+            for edge, positions in parts:
+                values = [chunk[i] for i in positions]
+                if indices is not None:
+                    positions = [indices[i] for i in positions]
+                await self._put(edge, LotChunk(values, lot, positions))
+        else:
+            for edge, positions in parts:
+                await self._put(edge, [chunk[i] for i in positions])
+
+    def _split(self, chunk: list[Any], keys: list[Any]) -> list[tuple[Edge, list[int]]]:
+        """The positions in ``chunk`` of each branch's items, in order (fails for an item
+        that no branch takes)."""
+        by_edge: dict[int, tuple[Edge, list[int]]] = {}
+        by_key, default = self.by_key, self.default
+        for i, key in enumerate(keys):
             try:
-                await edge.put(items)
-                self.n_out += len(items)
-            except DownstreamClosed:
-                self._dead(edge)
+                edge = by_key.get(key, default)
+            except Exception as exc:  # an unhashable key
+                self._failed(exc, chunk[i])
+            if edge is None:
+                self._failed(self._unroutable(key), chunk[i])
+            slot = by_edge.get(id(edge))
+            if slot is None:
+                by_edge[id(edge)] = (edge, [i])
+            else:
+                slot[1].append(i)
+        return list(by_edge.values())
+
+    def _failed(self, exc: Exception, item: object) -> NoReturn:
+        self.errors += 1
+        annotate(exc, self.node.name, item)
+        raise exc
+
+    async def _put(self, edge: Edge, items: list[Any]) -> None:
+        if edge.receive_closed:
+            self._dead(edge)
+            return
+        if type(items) is LotChunk and not edge.takes_lots:
+            items = items.tracked()
+        try:
+            await edge.put(items)
+            self.n_out += len(items)
+        except DownstreamClosed:
+            self._dead(edge)
+
+
+#: ``RouteRouter._route``: the items of a chunk go to more than one branch
+_SPLIT: Any = object()
 
 
 def _room(edge: Edge) -> int:

@@ -163,9 +163,31 @@ class Runner:
                 if on_ack is not None:
                     seg.head.ledger = Ledger(on_ack, seg.head.name)
                     self.ledgers.append(seg.head.ledger)
-                if isinstance(seg.head, BatchTimerHead) and seg.head.tracked_items:
-                    for edge in seg.inputs:  # a source's chunk reaches the batch whole
-                        edge.takes_lots = edge.overflow is Overflow.BLOCK
+            self._plan_lots()
+
+    def _plan_lots(self) -> None:
+        """Which edges carry a ``LotChunk`` as it is (``Edge.takes_lots``): those read by a
+        tracked timed ``batch``, and those read by a plain head whose first op takes one
+        (or, without ops, whose output does: found again until nothing changes). Only
+        blocking edges: a dropping edge settles what it drops item by item."""
+        def takes(seg: Segment) -> bool:
+            head = seg.head
+            if isinstance(head, BatchTimerHead):
+                return head.tracked_items
+            if not isinstance(head, PassHead):
+                return False
+            if seg.ops:
+                return seg.ops[0].takes_lots
+            return seg.out is not None and seg.out.takes_lots
+
+        changed = True
+        while changed:
+            changed = False
+            for seg in self.segments:
+                if takes(seg):
+                    for edge in seg.inputs:
+                        if not edge.takes_lots and edge.overflow is Overflow.BLOCK:
+                            edge.takes_lots = changed = True
 
     @property
     def output(self) -> Edge | None:

@@ -13,6 +13,7 @@ from typing import Any, Protocol, final
 import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
+from .._acks import LotChunk
 from .._callables import CallKind
 from .._edge import DownstreamClosed, Edge
 from .._errors import annotate
@@ -33,6 +34,9 @@ CLEANUP_TIMEOUT = 10.0
 
 class Output(Protocol):
     """Where a segment puts its chunks: an ``Edge``, or a fan-out router over several."""
+
+    #: it takes a ``LotChunk`` as it is (else it gets the chunk's ``tracked()`` items)
+    takes_lots: bool
 
     async def put(self, chunk: list[Any]) -> None: ...
 
@@ -274,15 +278,21 @@ class Segment:
             cs.cancel()
 
     async def emit(self, items: list[Any]) -> None:
-        """Pass items through the fused ops and queue the result on the output edge."""
+        """Pass items through the fused ops and queue the result on the output edge. A
+        ``LotChunk`` goes on as it is up to the first op (or output) that does not take one,
+        which gets its ``tracked()`` items."""
         stop = -2
         for i, op in enumerate(self.ops):
+            if type(items) is LotChunk and not op.takes_lots:
+                items = items.tracked()
             items = op.process(items)
             if op.done:
                 stop = i
             if not items:
                 break
         if items and self.out is not None:
+            if type(items) is LotChunk and not self.out.takes_lots:
+                items = items.tracked()
             try:
                 await self.out.put(items)
             except DownstreamClosed:

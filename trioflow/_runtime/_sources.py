@@ -15,7 +15,6 @@ from trio.lowlevel import checkpoint
 from .._acks import Lot, LotChunk, Tracked
 from .._edge import Edge
 from .._errors import SourceConsumedError
-from .._ops import BatchOp
 from .._plan import PlanNode
 from .._policies import Guard, Supervisor
 from .._stage import (
@@ -253,25 +252,16 @@ _NO_ACK: Any = _NoAck()
 
 
 async def _emit_lot(seg: Segment, lot: Lot, items: list[Any]) -> None:
-    """Emit a chunk whose items are the ``lot``'s: beside it, as a ``LotChunk``, when the
-    next stage is a tracked batch (fused, or across an edge that ``takes_lots``); else each
-    item wrapped in a ``Tracked``. A wrapper per item costs its allocation and, since the
+    """Emit a chunk whose items are the ``lot``'s, beside it, as a ``LotChunk``: it goes on
+    whole as far as the stages take one (a fused ``map``, a ``route``, a tracked ``batch``,
+    an edge to such a stage); the first that does not gets each item wrapped in a
+    ``Tracked`` (``Segment.emit``). A wrapper per item costs its allocation and, since the
     items of a chunk live together until a batch takes them, garbage collections that scan
     them (the values themselves are often tuples the collector stops tracking)."""
-    n = len(items)
-    ops = seg.ops
     out = seg.out
-    if ops:
-        first = ops[0]
-        whole = type(first) is BatchOp and first.tracked
-    else:
-        whole = isinstance(out, Edge) and out.takes_lots
-    if whole:
-        await seg.emit(LotChunk(items, lot))
-        return
-    if not ops and isinstance(out, Edge):
-        await out.wait_for_room(n)  # the values wait for room unwrapped
-    await seg.emit(list(map(Tracked, items, itertools.repeat(lot, n), range(n))))
+    if not seg.ops and isinstance(out, Edge) and not out.takes_lots:
+        await out.wait_for_room(len(items))  # the values wait for room unwrapped
+    await seg.emit(LotChunk(items, lot))
 
 
 def _tracked(head: Head, item: Any, ack: object) -> Tracked:
