@@ -258,13 +258,7 @@ def test_chunks_handed_whole_to_a_batch_are_acknowledged_once_and_only_when_done
     letters: list[tf.DeadLetterEntry] = []
     n = sum(sizes)
 
-    async def chunks(emit: tf.Emit[int]) -> None:
-        i = 0
-        for k in sizes:
-            await emit.many(list(range(i, i + k)), acks=list(range(i, i + k)))
-            i += k
-            await trio.sleep(0.05)
-
+    chunks = chunk_source(sizes)
     head: Any = (tf.source(chunks, on_ack=checker.on_ack) if feed == "many"
                  else tf.from_iterable(range(n), on_ack=checker.on_ack))
     flow: Any = (head | tf.batch(size, timeout=timeout) | tf.flat_map(lambda b: b)
@@ -273,6 +267,19 @@ def test_chunks_handed_whole_to_a_batch_are_acknowledged_once_and_only_when_done
         flow = flow | stage
     outcome = run_to_ending(flow | tf.sink(checker.commit), ending, at, chunk_size, buffer)
     check_acknowledged(checker, n, outcome, fail_on, batched=True)
+
+
+def chunk_source(sizes: list[int]) -> Any:
+    """A source function handing on ``sizes[k]`` items at a time (``emit.many``), each its
+    own token, 50 ms apart."""
+    async def chunks(emit: tf.Emit[int]) -> None:
+        i = 0
+        for k in sizes:
+            await emit.many(list(range(i, i + k)), acks=list(range(i, i + k)))
+            i += k
+            await trio.sleep(0.05)
+
+    return chunks
 
 
 def boom_stage(fn: Any) -> tf.Stage[int, int]:
@@ -469,13 +476,7 @@ def test_chunks_through_maps_and_a_route_are_acknowledged_once_and_only_when_don
     committed: Counter[tuple[int, int]] = Counter()
     dropped: set[int] = set()
 
-    async def chunks(emit: tf.Emit[int]) -> None:
-        i = 0
-        for k in sizes:
-            await emit.many(list(range(i, i + k)), acks=list(range(i, i + k)))
-            i += k
-            await trio.sleep(0.05)
-
+    chunks = chunk_source(sizes)
     def check(x: int) -> int:
         if ending == "fail" and x == fail_on:
             raise KeyError(x)
