@@ -289,7 +289,7 @@ class RedisConsumer:
         if counts is None and decode and not suspect and len(present) == len(raw):
             # the common case (new entries, every one there and text): in comprehensions (an
             # entry's fields are name-value pairs by the protocol: zip need not check them)
-            return _Read([_new(StreamEntry, (entry_id, dict(zip(it := iter(flat), it)), 1))
+            return _Read([_new(StreamEntry, (entry_id, dict(zip(it := iter(flat), it, strict=False)), 1))
                           for entry_id, flat in raw], [e[0] for e in raw], [], [])
         entries: list[Any] = []
         ids: list[str] = []
