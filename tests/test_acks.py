@@ -451,6 +451,7 @@ BRANCHES = ["map", "map_batch", "batch", "filter", "map_filter", "pooled", "merg
 @given(
     sizes=st.lists(st.integers(1, 9), max_size=8),
     pre=st.integers(0, 2),
+    prefilter=st.sampled_from(["none", "some", "all"]),
     keys=st.integers(1, 4),
     default=st.booleans(),
     branches=st.lists(st.sampled_from(BRANCHES), min_size=4, max_size=4),
@@ -463,13 +464,13 @@ BRANCHES = ["map", "map_batch", "batch", "filter", "map_filter", "pooled", "merg
     seed=st.integers(0, 2**32 - 1),
 )
 def test_chunks_through_maps_and_a_route_are_acknowledged_once_and_only_when_done(
-    sizes: list[int], pre: int, keys: int, default: bool, branches: list[str], timeout: float | None,
-    chunk_size: int, buffer: int, ending: str, at: float, fail_on: int, seed: int,
+    sizes: list[int], pre: int, prefilter: str, keys: int, default: bool, branches: list[str],
+    timeout: float | None, chunk_size: int, buffer: int, ending: str, at: float, fail_on: int, seed: int,
 ) -> None:
-    """A source's chunks go through fused maps and a route as their values beside their lot
-    (split per branch, or whole when every key is the same), on to batches, filters, pools
-    and merges (which take ``Tracked`` items): the same guarantees, and every value
-    reaches the branch of its key."""
+    """A source's chunks go through fused maps, filters and a route as their values beside
+    their lot (split per branch, or whole when every key is the same), on to batches,
+    filters, pools and merges (the last two take ``Tracked`` items): the same guarantees,
+    and every value reaches the branch of its key."""
     trio._core._run._r.seed(seed)
     n = sum(sizes)
     acked: list[tf.Ack] = []
@@ -496,6 +497,16 @@ def test_chunks_through_maps_and_a_route_are_acknowledged_once_and_only_when_don
     node = g.add(tf.source(chunks, on_ack=acked.extend))
     for _ in range(pre):
         node = g.add(tf.map(lambda x: x), node)
+
+    def first_cut(x: int) -> bool:  # before the route: drops every 5th value, or all
+        check(x)
+        if prefilter == "all" or x % 5 == 4:
+            dropped.add(x)
+            return False
+        return True
+
+    if prefilter != "none":
+        node = g.add(tf.filter(first_cut), node)
     r = g.route(node, key=lambda x: x % (keys + 1 if default else keys))
     ports = [r[k] for k in range(keys)] + ([r.default] if default else [])
     merged = []

@@ -130,11 +130,19 @@ class MapOp(Op):
 
 
 class FilterOp(Op):
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "plain")
 
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
         super().__init__(name, "filter")
         self.fn = fn
+        #: the user's predicate, when ``fn`` is its lift to tracked items
+        self.plain = plain_of(fn)
+
+    @property
+    def takes_lots(self) -> bool:
+        """A lifted filter without an error policy keeps a ``LotChunk`` one (the items it
+        drops are settled by index)."""
+        return self.plain is not None and self.guard is None
 
     def apply_one(self, item: Any) -> Chunk:
         return [item] if self.fn(item) else []
@@ -143,15 +151,31 @@ class FilterOp(Op):
         if self.guard is not None:
             return self.process_guarded(chunk)
         keep: list[Any] = []
+        lots = type(chunk) is LotChunk
         try:
-            keep.extend(map(self.fn, chunk))
+            keep.extend(map(self.plain if lots else self.fn, chunk))  # type: ignore[arg-type]
         except Exception as exc:
+            if lots:  # what was dropped before the failure is done (as item by item)
+                _lot_kept(chunk, keep)  # type: ignore[arg-type]
             self._failed(exc, chunk[len(keep)])
             raise
-        out = list(itertools.compress(chunk, keep))
+        out = _lot_kept(chunk, keep) if lots else list(itertools.compress(chunk, keep))  # type: ignore[arg-type]
         self.n_in += len(chunk)
         self.n_out += len(out)
         return out
+
+
+def _lot_kept(chunk: LotChunk, keep: list[Any]) -> LotChunk:
+    """The items of ``chunk`` a predicate kept (``keep``: its answers for the first items),
+    beside their lot; the ones it dropped are settled (done)."""
+    n = len(chunk)
+    if len(keep) == n and all(keep):
+        return chunk
+    indices = range(n) if chunk.indices is None else chunk.indices
+    dropped = [i for i, k in zip(indices, keep, strict=False) if not k]  # (keep: shorter on a failure)
+    if dropped:
+        chunk.lot.settle_many(dropped)
+    return LotChunk(list(itertools.compress(chunk, keep)), chunk.lot, list(itertools.compress(indices, keep)))
 
 
 class EachOp(Op):

@@ -69,6 +69,7 @@ def _lift_filter(pred: Callable[..., Any], kind: CallKind) -> Callable[..., Any]
         settle(t)
         return False
 
+    keep_sync.trioflow_plain = pred  # type: ignore[attr-defined]  # for a ``LotChunk``
     return keep_sync
 
 
