@@ -45,6 +45,17 @@ ops = st.one_of(
 )
 
 
+#: how the chunked-source properties run: chunk size, edge buffers, ending, scheduler seed
+CHUNKED_RUNS: dict[str, Any] = dict(
+    chunk_size=st.integers(1, 8),
+    buffer=st.integers(1, 6),
+    ending=st.sampled_from(["complete", "complete", "fail", "cancel"]),
+    at=st.floats(0, 1),
+    fail_on=st.integers(0, 39),
+    seed=st.integers(0, 2**32 - 1),
+)
+
+
 def trace(chain: list[Op], x: int) -> tuple[list[int], bool]:
     """The outputs of one source item (failed items of Skip/DeadLetter stages vanish), and
     whether some part of it met such a failure."""
@@ -240,12 +251,7 @@ def test_every_item_is_acknowledged_once_and_only_when_done(
     feed=st.sampled_from(["many", "iterable"]),
     size=st.integers(1, 5),
     timeout=st.sampled_from([None, None, 0.001, 0.02, 0.3]),
-    chunk_size=st.integers(1, 8),
-    buffer=st.integers(1, 6),
-    ending=st.sampled_from(["complete", "complete", "fail", "cancel"]),
-    at=st.floats(0, 1),
-    fail_on=st.integers(0, 39),
-    seed=st.integers(0, 2**32 - 1),
+    **CHUNKED_RUNS,
 )
 def test_chunks_handed_whole_to_a_batch_are_acknowledged_once_and_only_when_done(
     chain: list[Op], sizes: list[int], feed: str, size: int, timeout: float | None, chunk_size: int,
@@ -456,12 +462,7 @@ BRANCHES = ["map", "map_batch", "batch", "filter", "map_filter", "pooled", "merg
     default=st.booleans(),
     branches=st.lists(st.sampled_from(BRANCHES), min_size=4, max_size=4),
     timeout=st.sampled_from([None, 0.001, 0.3]),
-    chunk_size=st.integers(1, 8),
-    buffer=st.integers(1, 6),
-    ending=st.sampled_from(["complete", "complete", "fail", "cancel"]),
-    at=st.floats(0, 1),
-    fail_on=st.integers(0, 39),
-    seed=st.integers(0, 2**32 - 1),
+    **CHUNKED_RUNS,
 )
 def test_chunks_through_maps_and_a_route_are_acknowledged_once_and_only_when_done(
     sizes: list[int], pre: int, prefilter: str, keys: int, default: bool, branches: list[str],
