@@ -249,11 +249,12 @@ def combine(items: list[Any]) -> Any:
 class LotChunk(list[Any]):
     """Items of one lot travelling whole: the plain values, their lot beside them, and the
     items' indices in the lot (``None``: value ``i`` is item ``i``), so no item is wrapped
-    in a ``Tracked``. A source hands one on; a fused ``map`` (``MapOp``) gives its results
-    the same lot and indices, a ``route`` splits one into one per branch, a tracked
-    ``batch`` takes it in. Any other stage gets ``tracked()`` instead (``Segment.emit``
-    and planning see to it: an edge carries one only when its consumer ``takes_lots``),
-    and an edge never merges one with another chunk."""
+    in a ``Tracked``. A source hands one on; a fused ``map`` gives its results the same lot
+    and indices, a fused ``filter`` keeps one (settling what it drops), a ``route`` splits
+    one into one per branch, a tracked ``batch`` takes it in. Any other stage gets
+    ``tracked()`` instead (``Segment.emit`` and planning see to it: an edge carries one
+    only when its consumer ``takes_lots``), and an edge never merges one with another
+    chunk."""
 
     __slots__ = ("indices", "lot")
 

@@ -33,7 +33,7 @@ class Op:
     to the guard (counted, dead-lettered) and produces nothing, so no item is ever emitted
     in part and skipped too."""
 
-    __slots__ = ("done", "envelope", "errors", "guard", "n_in", "n_out", "name", "operator")
+    __slots__ = ("done", "envelope", "errors", "guard", "n_in", "n_out", "name", "operator", "plain")
 
     def __init__(self, name: str, operator: str) -> None:
         self.name = name
@@ -45,12 +45,17 @@ class Op:
         self.guard: Guard | None = None
         #: items are ``(seq, value)`` envelopes of a fork_join/partition branch
         self.envelope = False
+        #: the user's function, when the op's is its lift to tracked items (a map's, a
+        #: filter's): what it applies to the values of a ``LotChunk``
+        self.plain: Callable[[Any], Any] | None = None
 
     @property
     def takes_lots(self) -> bool:
         """Whether ``process`` takes a ``LotChunk`` (see ``_acks``); an op that does not
-        gets the chunk's ``tracked()`` items (``Segment.emit``)."""
-        return False
+        gets the chunk's ``tracked()`` items (``Segment.emit``). A lifted map or filter
+        without an error policy does (under a policy, a failed item is settled on its
+        own: it needs its ``Tracked``)."""
+        return self.plain is not None and self.guard is None
 
     def process(self, chunk: Chunk) -> Chunk:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -97,19 +102,12 @@ class Op:
 
 
 class MapOp(Op):
-    __slots__ = ("fn", "plain")
+    __slots__ = ("fn",)
 
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
         super().__init__(name, "map")
         self.fn = fn
-        #: the user's function, when ``fn`` is its lift to tracked items
         self.plain = plain_of(fn)
-
-    @property
-    def takes_lots(self) -> bool:
-        """A lifted map without an error policy maps a ``LotChunk``'s values as they are
-        (under a policy, a failed item is settled on its own: it needs its ``Tracked``)."""
-        return self.plain is not None and self.guard is None
 
     def process(self, chunk: Chunk) -> Chunk:
         if self.guard is not None:
@@ -130,19 +128,12 @@ class MapOp(Op):
 
 
 class FilterOp(Op):
-    __slots__ = ("fn", "plain")
+    __slots__ = ("fn",)
 
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
         super().__init__(name, "filter")
         self.fn = fn
-        #: the user's predicate, when ``fn`` is its lift to tracked items
-        self.plain = plain_of(fn)
-
-    @property
-    def takes_lots(self) -> bool:
-        """A lifted filter without an error policy keeps a ``LotChunk`` one (the items it
-        drops are settled by index)."""
-        return self.plain is not None and self.guard is None
+        self.plain = plain_of(fn)  # (the items it drops from a ``LotChunk``: settled by index)
 
     def apply_one(self, item: Any) -> Chunk:
         return [item] if self.fn(item) else []
