@@ -253,9 +253,9 @@ _NO_ACK: Any = _NoAck()
 
 async def _emit_lot(seg: Segment, lot: Lot, items: list[Any]) -> None:
     """Emit a chunk whose items are the ``lot``'s, beside it, as a ``LotChunk``: it goes on
-    whole as far as the stages take one (a fused ``map`` or ``filter``, a ``route``, a tracked ``batch``,
-    an edge to such a stage); the first that does not gets each item wrapped in a
-    ``Tracked`` (``Segment.emit``). A wrapper per item costs its allocation and, since the
+    whole as far as the stages take one (a fused ``map`` or ``filter``, a ``route``, a
+    tracked ``batch``, an edge to such a stage); the first that does not gets each item
+    wrapped in a ``Tracked`` (``Segment.emit``). A wrapper per item costs its allocation and, since the
     items of a chunk live together until a batch takes them, garbage collections that scan
     them (the values themselves are often tuples the collector stops tracking)."""
     out = seg.out
