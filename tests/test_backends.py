@@ -357,17 +357,16 @@ def test_importing_trioflow_never_imports_trio_parallel() -> None:
 # -- dask: cancelled futures, errors, own and remote clusters, the extra --------------------
 
 
-async def scheduler_forgets_every_task(address: str, within: float) -> None:
-    """Wait until the scheduler at ``address`` holds no task, asking through one client
-    (a new client per poll, every millisecond, once failed distributed's own handshake:
-    ``assert len(msg) == 1`` in ``Client._ensure_connected``)."""
-    import distributed
+async def scheduler_forgets_every_task(client: Any, within: float) -> None:
+    """Wait until the scheduler of ``client`` (the runner's own) holds no task. Asking
+    through the runner's client, not a new one: opening a client (one per poll, and once
+    even a single one while the runner's client was still sending its cancellations)
+    failed distributed's own handshake, ``assert len(msg) == 1`` in
+    ``Client._ensure_connected``."""
+    def tasks() -> int:
+        return int(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
 
-    with distributed.Client(address, set_as_default=False) as client:
-        def tasks() -> int:
-            return int(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
-
-        await eventually(lambda: tasks() == 0, within=within)
+    await eventually(lambda: tasks() == 0, within=within)
 
 
 async def test_dask_cancellation_cancels_the_outstanding_futures() -> None:
@@ -381,7 +380,7 @@ async def test_dask_cancellation_cancels_the_outstanding_futures() -> None:
         assert cs.cancelled_caught
         assert runner.cancelled == 3
         # the scheduler forgot them (the running ones end on the workers by themselves)
-        await scheduler_forgets_every_task(address, within=10)
+        await scheduler_forgets_every_task(runner.client, within=10)
 
 
 async def test_dask_unpicklable_job_names_the_stage() -> None:
