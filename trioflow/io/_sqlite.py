@@ -79,8 +79,8 @@ class _SqliteConnection:
         self.conn: sqlite3.Connection | None = None
         self.convert = table.row_converter()
         self.sql = table.insert_sql("?")
-        #: multi-row INSERT statements by row count (powers of two, up to ``max_rows``)
-        self._multi: dict[int, str] = {}
+        #: INSERT statements by row count (powers of two, up to ``max_rows``)
+        self._multi: dict[int, str] = {1: self.sql}
         self.max_rows = 1
 
     def open(self) -> None:
@@ -146,19 +146,15 @@ class _SqliteConnection:
         pos = 0
         flat = itertools.chain.from_iterable
         while pos < n:
-            k = min(n - pos, self.max_rows)
-            k = 1 << (k.bit_length() - 1)
+            k = _power_of_two_floor(min(n - pos, self.max_rows))
             rows = params[pos:pos + k]
-            if k == 1:
-                conn.execute(self.sql, rows[0])
-            else:
-                try:
-                    conn.execute(self._statement(k), list(flat(rows)))
-                except (sqlite3.InterfaceError, sqlite3.ProgrammingError):
-                    # a value that cannot be bound (nothing of the statement ran): row by
-                    # row, for an error that names the row's parameter
-                    conn.executemany(self.sql, rows)
-                    raise
+            try:
+                conn.execute(self._statement(k), list(flat(rows)))
+            except (sqlite3.InterfaceError, sqlite3.ProgrammingError):
+                # a value that cannot be bound (nothing of the statement ran): row by row,
+                # for an error that names the row's parameter
+                conn.executemany(self.sql, rows)
+                raise
             pos += k
 
     def _statement(self, rows: int) -> str:
@@ -192,8 +188,13 @@ _MAX_ROWS = 1024
 def _max_rows(columns: int, max_params: int, max_text: int) -> int:
     """The most rows (a power of two) of ``columns`` values that one statement may hold
     within the connection's limits on bound parameters and on statement length."""
-    rows = min(_MAX_ROWS, max_params // columns, max_text // (2 * columns + 2))
-    return 1 << (max(rows, 1).bit_length() - 1)
+    return _power_of_two_floor(max(1, min(_MAX_ROWS, max_params // columns,
+                                          max_text // (2 * columns + 2))))
+
+
+def _power_of_two_floor(n: int) -> int:
+    """The largest power of two not above ``n`` (``n`` >= 1)."""
+    return 1 << (n.bit_length() - 1)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
